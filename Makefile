@@ -1,0 +1,71 @@
+# sixfold: `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+LOCK   := requirements.lock
+# The environment is rebuilt only when the lock file (or the interpreter) changes.
+STAMP  := $(VENV)/.sixfold-lock.sha256
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Nothing here may reach the network at run time.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := true
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONUNBUFFERED := 1
+
+PYTEST_ARGS ?=
+
+.PHONY: help setup run test test-fast lint format bench flow clean lock
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## create .venv from requirements.lock (skipped when the lock is unchanged)
+	@want="$$(cat $(LOCK) | sha256sum | cut -d' ' -f1)-$$(python3 -c 'import sys; print(sys.version.split()[0])')"; \
+	if [ -x "$(PYTHON)" ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then \
+		echo "setup: .venv matches $(LOCK), nothing to install"; \
+	else \
+		echo "setup: installing $(LOCK) into $(VENV) (about 5 minutes and 6.6 GB the first time)"; \
+		rm -rf $(VENV) && python3 -m venv $(VENV) && \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check -r $(LOCK) && \
+		echo "$$want" > $(STAMP) && echo "setup: done"; \
+	fi
+
+run: setup ## set up, then run the whole pipeline (dvc repro) on params.yaml's data
+	@$(PYTHON) -m tasks.config
+	@$(PYTHON) -m tasks.source
+	@dvc repro
+	@$(PYTHON) -m tasks.evaluate --show
+
+test: setup ## set up, then run the full test suite (slow tests included, gpu tests skipped without a GPU)
+	@$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## the test suite without the slow end-to-end tests
+	@$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup ## ruff check + ruff format --check
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
+
+bench: setup ## run every benchmark in benchmarks/ (results in reports/bench/)
+	@set -e; for bench in benchmarks/*.py; do \
+		name=$$(basename $$bench .py); [ "$$name" = "__init__" ] && continue; \
+		echo "== benchmark $$name"; $(PYTHON) -m benchmarks.$$name; \
+	done
+
+flow: setup ## run the pipeline as a Prefect flow (temporary local Prefect server)
+	@$(PYTHON) -m flows.pipeline
+
+lock: ## regenerate requirements.lock from pyproject.toml in a scratch venv
+	@rm -rf /tmp/sixfold-lock && python3 -m venv /tmp/sixfold-lock && \
+	/tmp/sixfold-lock/bin/pip install --quiet ".[dev]" && \
+	{ head -2 $(LOCK); /tmp/sixfold-lock/bin/pip freeze --exclude sixfold; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
+
+clean: ## remove pipeline outputs (data/, models/, reports/ outputs); keeps .venv and the DVC cache
+	@rm -rf data/raw data/validated data/quarantine data/packed models/*.safetensors models/*.json reports/*.json reports/plots reports/data

@@ -1,0 +1,168 @@
+"""Typed configuration: the one way every stage reads `params.yaml`.
+
+Unknown keys, wrong types and out-of-range values stop the run before any work, with one line
+that names the key, the value and what is allowed, e.g.::
+
+    params.yaml: train.lr must be > 0, got -1
+
+Check the file on its own with ``python -m tasks.config [path]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataConfig(Section):
+    source: str = "sklearn:digits"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    image_size: int = Field(16, ge=4, le=1024)
+    channels: Literal[1, 3] = 1
+    min_size: int = Field(8, ge=1)
+    max_pixels: int = Field(25_000_000, ge=1)
+    classes: list[str] | None = None
+    max_quarantined_fraction: float = Field(0.2, ge=0, le=1)
+    imbalance_warn: float = Field(3.0, ge=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "data.val_fraction + data.test_fraction must be < 0.9, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> DataConfig:
+        secret_keys = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key"}
+        leaked = sorted(secret_keys & {k.lower() for k in self.storage_options})
+        if leaked:
+            raise ValueError(
+                f"data.storage_options must not hold secrets (found {', '.join(leaked)}); "
+                "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile instead"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    arch: Literal["cnn"] = "cnn"
+    width: int = Field(32, ge=4, le=512)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class TrainConfig(Section):
+    lr: float = Field(0.003, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed"] = "32-true"
+
+
+class EvaluateConfig(Section):
+    baseline: Literal["logistic_regression", "svc"] = "logistic_regression"
+
+
+class Params(Section):
+    seed: int = Field(42, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+class ConfigError(ValueError):
+    """A problem in params.yaml, already phrased as the one line to show the user."""
+
+
+_CONSTRAINT_WORDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """Turn one pydantic error into `key must be ..., got value`."""
+    location = [str(part) for part in error["loc"]]
+    key = ".".join(location) or "(top level)"
+    value = error.get("input")
+    context = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, location[:-1])
+        return f"unknown key {key} (allowed here: {', '.join(allowed)})"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        bound_name = next(name for name in _CONSTRAINT_WORDS if name in context)
+        return f"{key} must be {_CONSTRAINT_WORDS[bound_name]} {context[bound_name]}, got {value!r}"
+    if kind in {"literal_error", "enum"}:
+        return f"{key} must be one of {context.get('expected')}, got {value!r}"
+    if kind == "value_error":
+        return str(context.get("error", error["msg"]))
+    if kind == "missing":
+        return f"{key} is required"
+    return f"{key}: {error['msg'].lower()}, got {value!r}"
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    current: Any = model
+    for part in path:
+        field = current.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        current = field.annotation
+    return list(current.model_fields)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml.
+
+    Raises:
+        ConfigError: with a one-line message naming the offending key.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: not found (run from the repository root)") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = [_describe(item, Params) for item in error.errors()]
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+
+
+def load_params_or_exit(path: str | Path = PARAMS_FILE) -> Params:
+    """Like :func:`load_params`, but print the one-line error and exit 2 (for stage mains)."""
+    try:
+        return load_params(path)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE
+    load_params_or_exit(path)
+    print(f"{path}: ok")
+
+
+if __name__ == "__main__":
+    main()

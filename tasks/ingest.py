@@ -1,0 +1,263 @@
+"""ingest: copy every file of `data.source` into `data/raw/` and list it in its manifest.csv.
+
+Run on its own with ``python -m tasks.ingest``; DVC runs it as the first stage.
+
+`data.source` may be:
+
+- ``sklearn:digits``: scikit-learn's bundled digits, written out as PNGs in class folders and
+  then read exactly as a user's folder would be;
+- a folder in class-folder layout, ``<root>/<label>/<file>``, local or ``s3://bucket/prefix``;
+- a CSV manifest with columns ``path,label`` (paths relative to the CSV's folder), local or S3.
+
+Nothing is judged here except what must be judged before a file is opened: a manifest path that
+is absolute, climbs out with ``..`` or resolves (symlinks included) outside the source root is
+recorded with status ``unsafe_path`` and never opened; a listed file that does not exist is
+recorded with status ``missing``. The validate stage turns both into quarantine entries, so every
+input ends up accepted or quarantined with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from tasks.config import load_params_or_exit
+from tasks.io import filesystem_for, is_remote, strip_protocol
+
+RAW_DIR = Path("data/raw")
+RAW_FILES = RAW_DIR / "files"
+RAW_MANIFEST = RAW_DIR / "manifest.csv"
+MANIFEST_COLUMNS = ["path", "label", "sha256", "bytes", "status", "detail"]
+DIGITS_SOURCE = "sklearn:digits"
+_CHUNK = 1 << 20
+
+
+class SourceError(ValueError):
+    """The source itself cannot be read (missing folder, manifest without its columns, ...)."""
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One input file as the source names it."""
+
+    path: str  # relative to the source root, POSIX separators, as written in the source
+    label: str
+    status: str = "ok"  # ok | unsafe_path | missing
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: a filesystem, the root every path is relative to, and its entries."""
+
+    filesystem: Any
+    root: str
+    entries: list[SourceEntry]
+    remote: bool
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def write_digits(folder: Path) -> int:
+    """Write scikit-learn's bundled digits as 8x8 grayscale PNGs in class folders."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    for index, (image, label) in enumerate(zip(pixels, digits.target, strict=True)):
+        class_folder = folder / str(label)
+        class_folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").save(class_folder / f"digit_{index:04d}.png")
+    return len(pixels)
+
+
+@contextmanager
+def materialized(source: str) -> Iterator[str]:
+    """Yield a readable location for `source` (``sklearn:digits`` goes to a temporary folder)."""
+    if source != DIGITS_SOURCE:
+        yield source
+        return
+    with tempfile.TemporaryDirectory(prefix="sixfold-digits-") as folder:
+        write_digits(Path(folder))
+        yield folder
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _is_unsafe_relative(path: str) -> str:
+    """Why a manifest path is unsafe before touching the disk, or '' when it is not."""
+    if not path:
+        return "empty path"
+    if "://" in path or path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        return "absolute path"
+    if ".." in PurePosixPath(path.replace("\\", "/")).parts:
+        return "path climbs out of the source root with '..'"
+    return ""
+
+
+def _escapes_root(root: str, path: str) -> bool:
+    """True when root/path resolves (following symlinks) outside root. Opens nothing."""
+    real_root = os.path.realpath(root)
+    real_path = os.path.realpath(os.path.join(root, path))
+    return os.path.commonpath([real_root, real_path]) != real_root
+
+
+def list_folder(filesystem: Any, root: str, remote: bool) -> list[SourceEntry]:
+    """Every file under a class-folder root; the first folder level is the label."""
+    if not filesystem.isdir(root):
+        raise SourceError(f"data.source: folder {root!r} does not exist or is not a folder")
+    entries: list[SourceEntry] = []
+    if remote:
+        for key in filesystem.find(root):
+            relative = key[len(root.rstrip("/")) + 1 :]
+            entries.append(_folder_entry(relative))
+        return entries
+    for directory, folders, files in os.walk(root, followlinks=False):
+        for name in sorted(folders):
+            full = os.path.join(directory, name)
+            relative = os.path.relpath(full, root).replace(os.sep, "/")
+            if os.path.islink(full) and _escapes_root(root, relative):
+                label = relative.split("/")[0] if "/" in relative else ""
+                detail = f"symlinked folder points outside the source root ({os.readlink(full)})"
+                entries.append(SourceEntry(relative, label, "unsafe_path", detail))
+        for name in files:
+            relative = os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/")
+            if name.startswith("."):
+                continue  # .DS_Store, .gitkeep: file-system clutter, not data
+            entry = _folder_entry(relative)
+            if _escapes_root(root, relative):
+                detail = "symlink resolves outside the source root"
+                entry = SourceEntry(entry.path, entry.label, "unsafe_path", detail)
+            entries.append(entry)
+    return entries
+
+
+def _folder_entry(relative: str) -> SourceEntry:
+    parts = relative.split("/")
+    label = parts[0] if len(parts) > 1 else ""
+    return SourceEntry(relative, label)
+
+
+def list_manifest(filesystem: Any, manifest: str, remote: bool) -> tuple[str, list[SourceEntry]]:
+    """Rows of a `path,label` CSV manifest; returns the root (the CSV's folder) and the entries."""
+    if not filesystem.isfile(manifest):
+        raise SourceError(f"data.source: manifest {manifest!r} does not exist")
+    with filesystem.open(manifest, "rb") as handle:
+        table = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    missing_columns = {"path", "label"} - set(table.columns)
+    if missing_columns:
+        raise SourceError(
+            f"data.source: manifest {manifest!r} lacks column(s) {sorted(missing_columns)} "
+            f"(found {list(table.columns)}; expected path,label)"
+        )
+    root = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
+    existing = set(filesystem.find(root)) if remote else None
+    entries = []
+    for path, label in zip(table["path"], table["label"], strict=True):
+        path, label = path.strip(), label.strip()
+        reason = _is_unsafe_relative(path)
+        if reason:
+            entries.append(SourceEntry(path, label, "unsafe_path", reason))
+        elif remote:
+            present = f"{root.rstrip('/')}/{path}" in existing
+            entries.append(SourceEntry(path, label, "ok" if present else "missing"))
+        elif _escapes_root(root, path):
+            detail = "resolves (through a symlink) outside the source root"
+            entries.append(SourceEntry(path, label, "unsafe_path", detail))
+        elif not os.path.isfile(os.path.join(root, path)):
+            entries.append(SourceEntry(path, label, "missing", "listed file does not exist"))
+        else:
+            entries.append(SourceEntry(path, label))
+    return root, entries
+
+
+def open_source(location: str, storage_options: dict[str, Any]) -> Source:
+    """Resolve a folder or manifest, local or remote, into a :class:`Source`."""
+    remote = is_remote(location)
+    filesystem = filesystem_for(location, storage_options)
+    path = strip_protocol(location).rstrip("/") if remote else location.rstrip("/") or "/"
+    if path.lower().endswith(".csv"):
+        root, entries = list_manifest(filesystem, path, remote)
+    else:
+        root, entries = path, list_folder(filesystem, path, remote)
+    return Source(filesystem, root, sorted(entries, key=lambda e: (e.path, e.label)), remote)
+
+
+# --------------------------------------------------------------------------- copying
+
+
+def _copy_one(source: Source, entry: SourceEntry, destination_root: Path) -> dict[str, Any]:
+    row = {"path": entry.path, "label": entry.label, "sha256": "", "bytes": -1}
+    row |= {"status": entry.status, "detail": entry.detail}
+    if entry.status != "ok":
+        return row  # never opened
+    source_path = f"{source.root.rstrip('/')}/{entry.path}"
+    destination = destination_root / entry.path
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with source.filesystem.open(source_path, "rb") as reader, open(destination, "wb") as writer:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+    row |= {"sha256": digest.hexdigest(), "bytes": size}
+    return row
+
+
+def ingest(source: str, storage_options: dict[str, Any], out_dir: Path = RAW_DIR) -> pd.DataFrame:
+    """Copy every file of `source` under `out_dir/files/` and write `out_dir/manifest.csv`.
+
+    Returns the manifest (one row per input entry, in sorted path order).
+    """
+    files_dir = out_dir / "files"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    files_dir.mkdir(parents=True)
+    with materialized(source) as location:
+        resolved = open_source(location, storage_options)
+        if not resolved.entries:
+            raise SourceError(f"data.source: {source!r} holds no files")
+        workers = 16 if resolved.remote else 4
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            jobs = pool.map(lambda e: _copy_one(resolved, e, files_dir), resolved.entries)
+            rows = list(tqdm(jobs, total=len(resolved.entries), desc="ingest", unit="file"))
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    buffer = io.StringIO()
+    manifest.to_csv(buffer, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    (out_dir / "manifest.csv").write_text(buffer.getvalue())
+    return manifest
+
+
+def main() -> None:
+    params = load_params_or_exit()
+    try:
+        manifest = ingest(params.data.source, dict(params.data.storage_options))
+    except SourceError as error:
+        raise SystemExit(f"error: {error}") from None
+    flagged = int((manifest["status"] != "ok").sum())
+    print(
+        f"ingest: {len(manifest)} files from {params.data.source} -> {RAW_MANIFEST} "
+        f"({len(manifest) - flagged} copied, {flagged} flagged for quarantine)"
+    )
+
+
+if __name__ == "__main__":
+    main()

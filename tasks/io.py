@@ -1,0 +1,46 @@
+"""Small shared helpers for files, JSON reports and storage (local or S3 through fsspec/s3fs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+# Reports and packed arrays are written atomically so an interrupted stage never leaves a
+# half-written file that DVC or the next stage would trust.
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write `payload` as pretty, key-sorted JSON (stable bytes for DVC), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs that fsspec must open (s3://, gs://, ...), False for local paths."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def filesystem_for(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The fsspec filesystem for `uri`. Credentials come from the environment or an AWS profile."""
+    protocol = uri.split("://", 1)[0] if is_remote(uri) else "file"
+    return fsspec.filesystem(protocol, **(storage_options or {}))
+
+
+def strip_protocol(uri: str) -> str:
+    return uri.split("://", 1)[1] if is_remote(uri) else uri

@@ -1,0 +1,308 @@
+"""validate: accept or quarantine every ingested file, with exactly one reason each.
+
+Run on its own with ``python -m tasks.validate`` (after ingest).
+
+Reasons: undecodable, too_small, too_large, unsafe_path, unknown_label, duplicate, label_conflict.
+Sizes are judged from the image header before any pixel is decoded, so a decompression bomb
+costs a few kilobytes of memory. Pandera schemas check the manifest and the per-image
+statistics table lazily (every failure collected, not only the first).
+
+Outputs: data/validated/manifest.csv, data/quarantine/{manifest.csv,files/},
+reports/data/validation.json and plots in reports/data/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from tqdm import tqdm
+
+from tasks.config import DataConfig, load_params_or_exit
+from tasks.images import UndecodableImage, load_converted, probe
+from tasks.ingest import RAW_FILES, RAW_MANIFEST
+from tasks.io import write_json
+
+VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
+QUARANTINE_DIR = Path("data/quarantine")
+REPORT_DIR = Path("reports/data")
+REASONS = (
+    "undecodable",
+    "too_small",
+    "too_large",
+    "unsafe_path",
+    "unknown_label",
+    "duplicate",
+    "label_conflict",
+)
+
+
+class ValidationFailed(RuntimeError):
+    """Too much of the data was rejected to go on."""
+
+
+RAW_MANIFEST_SCHEMA = pa.DataFrameSchema(
+    {
+        "path": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "label": pa.Column(str),
+        "sha256": pa.Column(str, pa.Check.str_matches(r"^([0-9a-f]{64})?$")),
+        "bytes": pa.Column(int, pa.Check.ge(-1)),
+        "status": pa.Column(str, pa.Check.isin(["ok", "unsafe_path", "missing"])),
+        "detail": pa.Column(str),
+    },
+    strict=True,
+    coerce=True,
+)
+
+
+def header_schema(data: DataConfig) -> pa.DataFrameSchema:
+    """Checks on what the header tells; each check's name is the quarantine reason."""
+    allowed = set(data.classes) if data.classes else None
+
+    def label_known(labels: pd.Series) -> pd.Series:
+        known = labels.str.len() > 0
+        return known & labels.isin(allowed) if allowed is not None else known
+
+    return pa.DataFrameSchema(
+        {
+            "label": pa.Column(str, pa.Check(label_known, name="unknown_label")),
+            "pixels": pa.Column(int, pa.Check(lambda s: s <= data.max_pixels, name="too_large")),
+            "short_side": pa.Column(int, pa.Check(lambda s: s >= data.min_size, name="too_small")),
+        }
+    )
+
+
+def statistics_schema(data: DataConfig) -> pa.DataFrameSchema:
+    """What every accepted image must satisfy; a failure here is a bug, not bad data."""
+    return pa.DataFrameSchema(
+        {
+            "path": pa.Column(str, unique=True),
+            "label": pa.Column(str, pa.Check.str_length(min_value=1)),
+            "width": pa.Column(int, pa.Check.ge(data.min_size)),
+            "height": pa.Column(int, pa.Check.ge(data.min_size)),
+            "mode": pa.Column(str),
+            "channels": pa.Column(int, pa.Check.eq(data.channels)),
+            "mean": pa.Column(float, pa.Check.in_range(0, 255)),
+            "std": pa.Column(float, pa.Check.ge(0)),
+            "sha256": pa.Column(str, [pa.Check.str_matches(r"^[0-9a-f]{64}$")], unique=True),
+        },
+        strict="filter",
+    )
+
+
+def _reasons_from_schema(schema: pa.DataFrameSchema, table: pd.DataFrame) -> dict[int, str]:
+    """Run `schema` lazily and map each failing row index to the first reason (in REASONS order)."""
+    try:
+        schema.validate(table, lazy=True)
+        return {}
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases.dropna(subset=["index"])
+        found: dict[int, str] = {}
+        for index, check in zip(cases["index"], cases["check"], strict=True):
+            reason = str(check)
+            current = found.get(int(index))
+            if current is None or REASONS.index(reason) < REASONS.index(current):
+                found[int(index)] = reason
+        return found
+
+
+def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path = RAW_FILES) -> pd.DataFrame:
+    """Decide every row. Returns the manifest with columns reason, detail, width, height, mode,
+    channels, mean, std ('' reason = accepted)."""
+    table = RAW_MANIFEST_SCHEMA.validate(manifest.fillna(""), lazy=True).reset_index(drop=True)
+    table["reason"] = ""
+    table.loc[table["status"] == "unsafe_path", "reason"] = "unsafe_path"
+    table.loc[table["status"] == "missing", "reason"] = "undecodable"
+    for column, default in (("width", 0), ("height", 0), ("mode", ""), ("mean", 0.0), ("std", 0.0)):
+        table[column] = default
+    table["channels"] = data.channels
+
+    # 1. header: size and format, without decoding pixels
+    for index in table.index[table["reason"] == ""]:
+        try:
+            width, height, mode, _format = probe(files_dir / table.at[index, "path"])
+        except UndecodableImage as error:
+            table.loc[index, ["reason", "detail"]] = ["undecodable", str(error)]
+            continue
+        table.loc[index, ["width", "height", "mode"]] = [width, height, mode]
+
+    # 2. Pandera on what the header told: too_large, too_small, unknown_label
+    open_rows = table.index[table["reason"] == ""]
+    header = pd.DataFrame(
+        {
+            "label": table.loc[open_rows, "label"],
+            "pixels": table.loc[open_rows, "width"] * table.loc[open_rows, "height"],
+            "short_side": np.minimum(table.loc[open_rows, "width"], table.loc[open_rows, "height"]),
+        }
+    )
+    for index, reason in _reasons_from_schema(header_schema(data), header).items():
+        width, height = table.at[index, "width"], table.at[index, "height"]
+        detail = {
+            "too_large": f"{width}x{height} = {width * height} pixels > {data.max_pixels}",
+            "too_small": f"{width}x{height}, smallest side < {data.min_size}",
+            "unknown_label": f"label {table.at[index, 'label']!r} not in data.classes"
+            if table.at[index, "label"]
+            else "file is not inside a class folder (no label)",
+        }[reason]
+        table.loc[index, ["reason", "detail"]] = [reason, detail]
+
+    # 3. full decode of what is left; statistics of the converted pixels
+    def decode(index: int) -> tuple[int, np.ndarray | str]:
+        try:
+            return index, load_converted(files_dir / table.at[index, "path"], data.channels)
+        except UndecodableImage as error:
+            return index, str(error)
+
+    open_rows = list(table.index[table["reason"] == ""])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = tqdm(
+            pool.map(decode, open_rows), total=len(open_rows), desc="validate", unit="img"
+        )
+        for index, result in results:
+            if isinstance(result, str):
+                table.loc[index, ["reason", "detail"]] = ["undecodable", result]
+            else:
+                table.loc[index, ["mean", "std"]] = [float(result.mean()), float(result.std())]
+
+    # 4. exact duplicates: same bytes and label -> keep the first path; different labels -> none
+    survivors = table[table["reason"] == ""].sort_values("path")
+    for _sha, group in survivors.groupby("sha256", sort=False):
+        if len(group) < 2:
+            continue
+        if group["label"].nunique() > 1:
+            detail = "same bytes under labels " + ", ".join(sorted(group["label"].unique()))
+            table.loc[group.index, ["reason", "detail"]] = ["label_conflict", detail]
+        else:
+            first = group["path"].iloc[0]
+            table.loc[group.index[1:], ["reason", "detail"]] = [
+                "duplicate",
+                f"same bytes as {first}",
+            ]
+
+    accepted = table[table["reason"] == ""]
+    statistics_schema(data).validate(accepted, lazy=True)
+    return table
+
+
+def class_balance(accepted: pd.DataFrame) -> dict[str, Any]:
+    counts = accepted["label"].value_counts().sort_index()
+    ratio = float(counts.max() / counts.min()) if len(counts) else 0.0
+    return {"counts": {str(k): int(v) for k, v in counts.items()}, "max_min_ratio": ratio}
+
+
+def write_outputs(table: pd.DataFrame, files_dir: Path = RAW_FILES) -> dict[str, Any]:
+    accepted = table[table["reason"] == ""]
+    quarantined = table[table["reason"] != ""]
+    VALIDATED_MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["path", "label", "sha256", "bytes", "width", "height", "mode", "mean", "std"]
+    accepted[columns].to_csv(VALIDATED_MANIFEST, index=False, lineterminator="\n")
+
+    if QUARANTINE_DIR.exists():
+        shutil.rmtree(QUARANTINE_DIR)
+    (QUARANTINE_DIR / "files").mkdir(parents=True)
+    quarantined[["path", "label", "reason", "detail"]].to_csv(
+        QUARANTINE_DIR / "manifest.csv", index=False, lineterminator="\n"
+    )
+    for path in quarantined["path"][quarantined["sha256"] != ""]:
+        destination = QUARANTINE_DIR / "files" / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files_dir / path, destination)
+
+    total, n_accepted, n_quarantined = len(table), len(accepted), len(quarantined)
+    assert n_accepted + n_quarantined == total, "validate lost track of a file"
+    return {
+        "total": total,
+        "accepted": n_accepted,
+        "quarantined": n_quarantined,
+        "quarantined_fraction": n_quarantined / total if total else 0.0,
+        "reasons": {reason: int((quarantined["reason"] == reason).sum()) for reason in REASONS},
+        "class_balance": class_balance(accepted),
+    }
+
+
+def plot_report(table: pd.DataFrame, report: dict[str, Any], files_dir: Path = RAW_FILES) -> None:
+    """Class balance, image sizes and a grid of quarantined examples, as PNGs in reports/data/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.images import load_converted as load
+
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    counts = report["class_balance"]["counts"]
+    figure, axis = plt.subplots(figsize=(max(4, 0.5 * len(counts) + 2), 3))
+    axis.bar(list(counts), list(counts.values()), color="#4c72b0")
+    axis.set(title="accepted images per class", xlabel="label", ylabel="images")
+    figure.tight_layout()
+    figure.savefig(REPORT_DIR / "class_balance.png", dpi=100)
+    plt.close(figure)
+
+    accepted = table[table["reason"] == ""]
+    figure, axis = plt.subplots(figsize=(4, 3))
+    axis.scatter(accepted["width"], accepted["height"], s=8, alpha=0.4)
+    axis.set(title="image sizes (accepted)", xlabel="width", ylabel="height")
+    figure.tight_layout()
+    figure.savefig(REPORT_DIR / "image_sizes.png", dpi=100)
+    plt.close(figure)
+
+    quarantined = table[table["reason"] != ""].head(24)
+    columns = 6
+    rows = max(1, -(-len(quarantined) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (_index, row) in zip(axes.flat, quarantined.iterrows(), strict=False):
+        shown = False
+        if row["reason"] not in {"too_large", "unsafe_path", "undecodable"} and row["sha256"]:
+            try:
+                axis.imshow(load(files_dir / row["path"], 3))
+                shown = True
+            except UndecodableImage:
+                pass
+        if not shown:
+            axis.text(0.5, 0.5, "not shown", ha="center", va="center", fontsize=7)
+        axis.set_title(f"{row['reason']}\n{row['path'][-18:]}", fontsize=6)
+    if quarantined.empty:
+        axes.flat[0].text(0.5, 0.5, "nothing quarantined", ha="center", va="center")
+    figure.tight_layout()
+    figure.savefig(REPORT_DIR / "quarantine.png", dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    params = load_params_or_exit()
+    manifest = pd.read_csv(RAW_MANIFEST, dtype=str, keep_default_na=False)
+    table = validate(manifest, params.data)
+    report = write_outputs(table)
+    write_json(REPORT_DIR / "validation.json", report)
+    plot_report(table, report)
+    reasons = ", ".join(f"{k}={v}" for k, v in report["reasons"].items() if v) or "none"
+    print(
+        f"validate: {report['total']} files: {report['accepted']} accepted, "
+        f"{report['quarantined']} quarantined ({reasons}) -> {VALIDATED_MANIFEST}"
+    )
+    ratio = report["class_balance"]["max_min_ratio"]
+    if ratio > params.data.imbalance_warn:
+        print(
+            f"warning: class imbalance {ratio:.1f}x (largest/smallest class) exceeds "
+            f"data.imbalance_warn={params.data.imbalance_warn}; see {REPORT_DIR}/class_balance.png",
+            file=sys.stderr,
+        )
+    if report["quarantined_fraction"] > params.data.max_quarantined_fraction:
+        raise SystemExit(
+            f"error: {report['quarantined']}/{report['total']} files quarantined "
+            f"({report['quarantined_fraction']:.0%}) > data.max_quarantined_fraction="
+            f"{params.data.max_quarantined_fraction}; see {REPORT_DIR}/validation.json and "
+            f"{QUARANTINE_DIR}/manifest.csv"
+        )
+
+
+if __name__ == "__main__":
+    main()
