@@ -107,7 +107,10 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         return f"unknown key {key} (allowed here: {', '.join(allowed)})"
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
         bound_name = next(name for name in _CONSTRAINT_WORDS if name in context)
-        return f"{key} must be {_CONSTRAINT_WORDS[bound_name]} {context[bound_name]}, got {value!r}"
+        bound = context[bound_name]
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"{key} must be {_CONSTRAINT_WORDS[bound_name]} {bound}, got {value!r}"
     if kind in {"literal_error", "enum"}:
         return f"{key} must be one of {context.get('expected')}, got {value!r}"
     if kind == "value_error":

@@ -1,0 +1,139 @@
+"""Shared fixtures: a temporary copy of the repository with a shrunk config, a real S3 API server.
+
+Tests build the real configuration and shrink it (few epochs, CPU) rather than mocking stages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# The settings every end-to-end test starts from: the real params.yaml, shrunk for speed.
+SHRUNK = {"train": {"max_epochs": 3, "accelerator": "cpu"}, "model": {"width": 8}}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `override` into a copy of `base`."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_params(repo: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply `overrides` to the repo copy's params.yaml; returns the resulting params."""
+    params_file = repo / "params.yaml"
+    params = merge(yaml.safe_load(params_file.read_text()), overrides)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def run(
+    command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with the project's virtualenv first on PATH; fail loudly with its output."""
+    environment = {**os.environ, **(env or {})}
+    environment["PATH"] = f"{VENV_BIN}{os.pathsep}{environment.get('PATH', '')}"
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh copy of the repository's committed files (git + DVC initialised), shrunk config."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    destination = tmp_path / "repo"
+    for name in filter(None, files):
+        source = REPO_ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    (destination / "dvc.lock").unlink(missing_ok=True)  # start as a fresh clone would
+    write_params(destination, SHRUNK)
+    run(["git", "init", "-q"], destination)
+    run(["git", "add", "-A"], destination)
+    run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], destination
+    )
+    return destination
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3 API server on 127.0.0.1 (as dvc-s3's own tests use); yields its URL.
+
+    Credentials exist only in the environment, as they would for a real bucket.
+    """
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """AWS credentials for the local S3 server, set in the environment only."""
+    environment = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    return environment

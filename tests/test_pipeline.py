@@ -1,0 +1,113 @@
+"""End to end: `dvc repro` and the Prefect flow on a shrunk config in a temporary repo copy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.ingest import write_digits
+from tests.conftest import run, write_params
+
+STAGES = ["ingest", "validate", "split", "train", "evaluate"]
+
+
+def _repro(repo: Path) -> str:
+    run(["python", "-m", "tasks.source"], repo)
+    result = run(["dvc", "repro"], repo)
+    return result.stdout + result.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_then_noop(repo: Path) -> None:
+    output = _repro(repo)
+    assert _ran(output) == STAGES
+    last_line = output.split("Running stage 'evaluate'")[1]
+    assert "test accuracy" in last_line and "baseline (logistic_regression)" in last_line
+
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert 0.5 < metrics["test"]["accuracy"] <= 1.0  # 3 tiny epochs still learn digits
+    assert metrics["baseline"]["name"] == "logistic_regression"
+    assert 0.8 < metrics["baseline"]["accuracy"] <= 1.0
+    assert (repo / "models" / "model.safetensors").stat().st_size > 0
+    model_info = json.loads((repo / "models" / "model.json").read_text())
+    assert model_info["classes"] == [str(d) for d in range(10)]
+    manifest = (repo / "data" / "raw" / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "path,label,sha256,bytes,status,detail" and len(manifest) == 1798
+
+    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "reports/metrics.json" in shown
+
+    second = _repro(repo)
+    assert _ran(second) == []
+    assert "Data and pipelines are up to date" in second
+
+    # changing one key re-runs only the stages that read it
+    write_params(repo, {"evaluate": {"baseline": "svc"}})
+    third = _repro(repo)
+    assert _ran(third) == ["evaluate"]
+
+
+@pytest.mark.slow
+def test_adding_a_file_to_a_folder_source_reruns_ingest(repo: Path, tmp_path: Path) -> None:
+    source = tmp_path / "my-digits"
+    write_digits(source)
+    write_params(repo, {"data": {"source": str(source)}})
+    assert _ran(_repro(repo)) == STAGES
+    assert _ran(_repro(repo)) == []
+
+    shutil.copy(source / "3" / "digit_0003.png", source / "3" / "extra_copy.png")
+    output = _repro(repo)
+    assert "ingest" in _ran(output) and "validate" in _ran(output)
+    rows = (repo / "data" / "raw" / "manifest.csv").read_text()
+    assert "3/extra_copy.png" in rows
+    quarantine = (repo / "data" / "quarantine" / "manifest.csv").read_text()
+    assert "3/extra_copy.png,3,duplicate" in quarantine
+
+
+@pytest.mark.slow
+def test_prefect_flow_runs_every_stage_then_skips_them(repo: Path) -> None:
+    first = run(["python", "-m", "flows.pipeline"], repo)
+    log = first.stdout + first.stderr
+    assert "Starting temporary server on http://127.0.0.1" in log
+    assert "training-pipeline: " + ", ".join(f"{s} ran" for s in STAGES) in log
+    assert (repo / "reports" / "metrics.json").exists()
+
+    second = run(["python", "-m", "flows.pipeline"], repo)
+    log = second.stdout + second.stderr
+    assert "training-pipeline: " + ", ".join(f"{s} skipped" for s in STAGES) in log
+    assert "every stage up to date" in log
+    # the flow and dvc agree: dvc itself sees nothing to do
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
+
+
+@pytest.mark.slow
+def test_prefect_flow_retries_a_transient_stage_failure(repo: Path) -> None:
+    """A stage that exits with EX_TEMPFAIL (75) once is retried by Prefect and the flow succeeds.
+
+    The stage is added to dvc.yaml here, which also shows the flow reads the DAG from DVC.
+    """
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    flaky = (
+        "import pathlib, sys; marker = pathlib.Path('flaky.marker'); "
+        "first = not marker.exists(); marker.touch(); "
+        "pathlib.Path('flaky.out').write_text('ok'); sys.exit(75 if first else 0)"
+    )
+    dvc_yaml["stages"]["flaky"] = {
+        "cmd": f'python -c "{flaky}"',
+        "deps": ["models/model.json"],
+        "outs": [{"flaky.out": {"cache": False}}],
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    result = run(["python", "-m", "flows.pipeline"], repo)
+    log = result.stdout + result.stderr
+    assert "flaky ran" in log
+    assert "Retry 1/2 will start" in log or "AwaitingRetry" in log
+    assert (repo / "flaky.out").read_text() == "ok"
