@@ -38,6 +38,8 @@ class DataConfig(Section):
     imbalance_warn: float = Field(3.0, ge=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
+    group_column: str | None = None
+    near_duplicate_distance: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -60,20 +62,68 @@ class DataConfig(Section):
         return self
 
 
+class AugmentConfig(Section):
+    copies: int = Field(2, ge=0, le=100)
+    online: bool = True
+    rotation: float = Field(12.0, ge=0, le=180)
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = Field(0.1, ge=0, le=0.5)
+    hflip: bool = False
+    vflip: bool = False
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    noise_std: float = Field(0.02, ge=0, le=1)
+    erase_prob: float = Field(0.2, ge=0, le=1)
+    erase_scale: tuple[float, float] = (0.02, 0.1)
+    fill: Literal["zeros", "border", "reflection"] = "zeros"
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> AugmentConfig:
+        for name in ("scale", "erase_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(
+                    f"augment.{name} must be [low, high] with 0 < low <= high, got {[low, high]}"
+                )
+        if self.erase_scale[1] >= 1:
+            raise ValueError(f"augment.erase_scale must stay below 1, got {list(self.erase_scale)}")
+        return self
+
+
 class ModelConfig(Section):
-    arch: Literal["cnn"] = "cnn"
+    arch: Literal["cnn", "resnet18", "resnet34", "resnet50"] = "cnn"
     width: int = Field(32, ge=4, le=512)
     dropout: float = Field(0.2, ge=0, lt=1)
+    pretrained: str | None = None
+    freeze_backbone: bool = False
 
 
 class TrainConfig(Section):
     lr: float = Field(0.003, gt=0, le=10)
     weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(40, ge=1)
+    patience: int = Field(10, ge=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    gradient_clip: float | None = Field(1.0, gt=0)
+    finetune_epochs: int = Field(0, ge=0)
+    overfit_warn_gap: float = Field(0.05, ge=0, le=1)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = "auto"
+    strategy: Literal["auto", "ddp"] = "auto"
+    num_nodes: int = Field(1, ge=1)
     precision: Literal["32-true", "32", "16-mixed", "bf16-mixed"] = "32-true"
+    cv_folds: int = Field(1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _finetune_fits(self) -> TrainConfig:
+        if self.finetune_epochs >= self.max_epochs:
+            raise ValueError(
+                f"train.finetune_epochs must be < train.max_epochs ({self.max_epochs}), "
+                f"got {self.finetune_epochs}"
+            )
+        return self
 
 
 class EvaluateConfig(Section):
@@ -83,6 +133,7 @@ class EvaluateConfig(Section):
 class Params(Section):
     seed: int = Field(42, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -42,7 +42,7 @@ from tasks.io import filesystem_for, is_remote, strip_protocol
 RAW_DIR = Path("data/raw")
 RAW_FILES = RAW_DIR / "files"
 RAW_MANIFEST = RAW_DIR / "manifest.csv"
-MANIFEST_COLUMNS = ["path", "label", "sha256", "bytes", "status", "detail"]
+MANIFEST_COLUMNS = ["path", "label", "group", "sha256", "bytes", "status", "detail"]
 DIGITS_SOURCE = "sklearn:digits"
 _CHUNK = 1 << 20
 
@@ -59,6 +59,7 @@ class SourceEntry:
     label: str
     status: str = "ok"  # ok | unsafe_path | missing
     detail: str = ""
+    group: str = ""  # the value of data.group_column, for manifests that have one
 
 
 @dataclass(frozen=True)
@@ -155,13 +156,17 @@ def _folder_entry(relative: str) -> SourceEntry:
     return SourceEntry(relative, label)
 
 
-def list_manifest(filesystem: Any, manifest: str, remote: bool) -> tuple[str, list[SourceEntry]]:
+def list_manifest(
+    filesystem: Any, manifest: str, remote: bool, group_column: str | None = None
+) -> tuple[str, list[SourceEntry]]:
     """Rows of a `path,label` CSV manifest; returns the root (the CSV's folder) and the entries."""
     if not filesystem.isfile(manifest):
         raise SourceError(f"data.source: manifest {manifest!r} does not exist")
     with filesystem.open(manifest, "rb") as handle:
         table = pd.read_csv(handle, dtype=str, keep_default_na=False)
-    missing_columns = {"path", "label"} - set(table.columns)
+    missing_columns = {"path", "label", *([group_column] if group_column else [])} - set(
+        table.columns
+    )
     if missing_columns:
         raise SourceError(
             f"data.source: manifest {manifest!r} lacks column(s) {sorted(missing_columns)} "
@@ -169,32 +174,40 @@ def list_manifest(filesystem: Any, manifest: str, remote: bool) -> tuple[str, li
         )
     root = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
     existing = set(filesystem.find(root)) if remote else None
+    groups = table[group_column] if group_column else [""] * len(table)
     entries = []
-    for path, label in zip(table["path"], table["label"], strict=True):
-        path, label = path.strip(), label.strip()
+    for path, label, group in zip(table["path"], table["label"], groups, strict=True):
+        path, label, group = path.strip(), label.strip(), group.strip()
         reason = _is_unsafe_relative(path)
         if reason:
-            entries.append(SourceEntry(path, label, "unsafe_path", reason))
+            status, detail = "unsafe_path", reason
         elif remote:
             present = f"{root.rstrip('/')}/{path}" in existing
-            entries.append(SourceEntry(path, label, "ok" if present else "missing"))
+            status, detail = ("ok", "") if present else ("missing", "listed file does not exist")
         elif _escapes_root(root, path):
-            detail = "resolves (through a symlink) outside the source root"
-            entries.append(SourceEntry(path, label, "unsafe_path", detail))
+            status, detail = "unsafe_path", "resolves (through a symlink) outside the source root"
         elif not os.path.isfile(os.path.join(root, path)):
-            entries.append(SourceEntry(path, label, "missing", "listed file does not exist"))
+            status, detail = "missing", "listed file does not exist"
         else:
-            entries.append(SourceEntry(path, label))
+            status, detail = "ok", ""
+        entries.append(SourceEntry(path, label, status, detail, group))
     return root, entries
 
 
-def open_source(location: str, storage_options: dict[str, Any]) -> Source:
+def open_source(
+    location: str, storage_options: dict[str, Any], group_column: str | None = None
+) -> Source:
     """Resolve a folder or manifest, local or remote, into a :class:`Source`."""
     remote = is_remote(location)
     filesystem = filesystem_for(location, storage_options)
     path = strip_protocol(location).rstrip("/") if remote else location.rstrip("/") or "/"
     if path.lower().endswith(".csv"):
-        root, entries = list_manifest(filesystem, path, remote)
+        root, entries = list_manifest(filesystem, path, remote, group_column)
+    elif group_column:
+        raise SourceError(
+            f"data.group_column={group_column!r} needs a CSV manifest source with that column; "
+            f"{location!r} is a folder"
+        )
     else:
         root, entries = path, list_folder(filesystem, path, remote)
     return Source(filesystem, root, sorted(entries, key=lambda e: (e.path, e.label)), remote)
@@ -204,7 +217,8 @@ def open_source(location: str, storage_options: dict[str, Any]) -> Source:
 
 
 def _copy_one(source: Source, entry: SourceEntry, destination_root: Path) -> dict[str, Any]:
-    row = {"path": entry.path, "label": entry.label, "sha256": "", "bytes": -1}
+    row = {"path": entry.path, "label": entry.label, "group": entry.group}
+    row |= {"sha256": "", "bytes": -1}
     row |= {"status": entry.status, "detail": entry.detail}
     if entry.status != "ok":
         return row  # never opened
@@ -222,7 +236,12 @@ def _copy_one(source: Source, entry: SourceEntry, destination_root: Path) -> dic
     return row
 
 
-def ingest(source: str, storage_options: dict[str, Any], out_dir: Path = RAW_DIR) -> pd.DataFrame:
+def ingest(
+    source: str,
+    storage_options: dict[str, Any],
+    out_dir: Path = RAW_DIR,
+    group_column: str | None = None,
+) -> pd.DataFrame:
     """Copy every file of `source` under `out_dir/files/` and write `out_dir/manifest.csv`.
 
     Returns the manifest (one row per input entry, in sorted path order).
@@ -232,7 +251,7 @@ def ingest(source: str, storage_options: dict[str, Any], out_dir: Path = RAW_DIR
         shutil.rmtree(out_dir)
     files_dir.mkdir(parents=True)
     with materialized(source) as location:
-        resolved = open_source(location, storage_options)
+        resolved = open_source(location, storage_options, group_column)
         if not resolved.entries:
             raise SourceError(f"data.source: {source!r} holds no files")
         workers = 16 if resolved.remote else 4
@@ -249,7 +268,11 @@ def ingest(source: str, storage_options: dict[str, Any], out_dir: Path = RAW_DIR
 def main() -> None:
     params = load_params_or_exit()
     try:
-        manifest = ingest(params.data.source, dict(params.data.storage_options))
+        manifest = ingest(
+            params.data.source,
+            dict(params.data.storage_options),
+            group_column=params.data.group_column,
+        )
     except SourceError as error:
         raise SystemExit(f"error: {error}") from None
     flagged = int((manifest["status"] != "ok").sum())

@@ -55,7 +55,12 @@ def load_model(directory: Path = MODEL_DIR) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from model.json and load its safetensors weights (eval mode)."""
     info = read_json(directory / "model.json")
     network = build_network(
-        info["arch"], info["channels"], len(info["classes"]), info["width"], info["dropout"]
+        info["arch"],
+        info["channels"],
+        len(info["classes"]),
+        info["width"],
+        info["dropout"],
+        info["image_size"],
     )
     network.load_state_dict(load_file(str(directory / "model.safetensors")))
     return network.eval(), info

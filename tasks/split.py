@@ -2,30 +2,42 @@
 
 Run on its own with ``python -m tasks.split`` (after validate).
 
-Every accepted image is decoded once here, converted to `data.channels`, resized to
-`data.image_size` and stored in `data/packed/<split>_x.npy` (N, C, H, W, uint8) with labels in
-`<split>_y.npy`, so training never decodes images one by one and DVC tracks a handful of files.
-Normalization statistics come from the train split only.
+- Stratified by label and seeded; with `data.group_column` every image of a group (a patient, a
+  session, a source video) lands in one split.
+- Leakage check: images in different splits whose perceptual hashes are within
+  `data.near_duplicate_distance` bits are counted and listed in `reports/data/split.json`.
+- Packing: every accepted image is decoded once, converted to `data.channels`, resized to
+  `data.image_size` and stored in `data/packed/<split>_x.npy` (N, C, H, W, uint8) with labels in
+  `<split>_y.npy`, so training never decodes images one by one and DVC tracks a few files.
+- Normalization statistics come from the train split only (`data/packed/meta.json`).
+- With `train.cv_folds` > 1, `data/packed/folds.npy` assigns each train+val image a fold.
 """
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import (
+    GroupShuffleSplit,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    train_test_split,
+)
 from tqdm import tqdm
 
-from tasks.config import DataConfig, load_params_or_exit
+from tasks.config import DataConfig, Params, load_params_or_exit
 from tasks.images import load_converted, resize
 from tasks.ingest import RAW_FILES
 from tasks.io import write_json
 from tasks.validate import VALIDATED_MANIFEST
 
 SPLIT_FILE = Path("data/splits/split.csv")
+SPLIT_REPORT = Path("reports/data/split.json")
 PACKED_DIR = Path("data/packed")
 SPLITS = ("train", "val", "test")
 
@@ -46,15 +58,31 @@ def assign_splits(manifest: pd.DataFrame, data: DataConfig, seed: int) -> pd.Ser
     indices = np.arange(len(manifest))
     labels = manifest["label"].to_numpy()
     held_out = data.val_fraction + data.test_fraction
-    train_idx, rest_idx = train_test_split(
-        indices, test_size=held_out, stratify=labels, random_state=seed
-    )
-    val_idx, test_idx = train_test_split(
-        rest_idx,
-        test_size=data.test_fraction / held_out,
-        stratify=labels[rest_idx],
-        random_state=seed,
-    )
+    if data.group_column:
+        groups = manifest["group"].to_numpy()
+        if (groups == "").any():
+            raise SplitError(
+                f"split: some images have no value in data.group_column={data.group_column!r}"
+            )
+        if len(np.unique(groups)) < 3:
+            raise SplitError("split: data.group_column needs at least 3 distinct groups")
+        first = GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=seed)
+        train_idx, rest_idx = next(first.split(indices, labels, groups))
+        second = GroupShuffleSplit(
+            n_splits=1, test_size=data.test_fraction / held_out, random_state=seed
+        )
+        val_part, test_part = next(second.split(rest_idx, labels[rest_idx], groups[rest_idx]))
+        val_idx, test_idx = rest_idx[val_part], rest_idx[test_part]
+    else:
+        train_idx, rest_idx = train_test_split(
+            indices, test_size=held_out, stratify=labels, random_state=seed
+        )
+        val_idx, test_idx = train_test_split(
+            rest_idx,
+            test_size=data.test_fraction / held_out,
+            stratify=labels[rest_idx],
+            random_state=seed,
+        )
     split = np.empty(len(manifest), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     return pd.Series(split, index=manifest.index, name="split")
@@ -74,23 +102,123 @@ def pack(paths: list[str], data: DataConfig, files_dir: Path = RAW_FILES) -> np.
     return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
 
 
-def split_and_pack(manifest: pd.DataFrame, data: DataConfig, seed: int) -> dict[str, Any]:
+def assign_folds(
+    labels: np.ndarray, groups: np.ndarray | None, folds: int, seed: int
+) -> np.ndarray:
+    """A fold id (0..folds-1) per image, stratified by label (and grouped when groups are given)."""
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    if groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = splitter.split(labels, labels, groups)
+    else:
+        parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+            labels, labels
+        )
+    for fold, (_train, held_out) in enumerate(parts):
+        fold_of[held_out] = fold
+    return fold_of
+
+
+def perceptual_hashes(images: np.ndarray) -> np.ndarray:
+    """64-bit perceptual hash (DCT, imagehash.phash) of each (C, H, W) uint8 image."""
+    import imagehash
+    from PIL import Image
+
+    hashes = np.zeros(len(images), dtype=np.uint64)
+    for index, image in enumerate(images):
+        gray = image.mean(axis=0).astype(np.uint8)
+        bits = imagehash.phash(Image.fromarray(gray, mode="L")).hash.flatten()
+        hashes[index] = np.packbits(bits).view(">u8")[0]
+    return hashes
+
+
+def near_duplicates_across(
+    hashes: np.ndarray, splits: np.ndarray, max_distance: int, block: int = 2048
+) -> list[tuple[int, int, int]]:
+    """Pairs (i, j, distance) in different splits with Hamming distance <= max_distance."""
+    pairs: list[tuple[int, int, int]] = []
+    as_bytes = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
+    for start in range(0, len(hashes), block):
+        chunk = as_bytes[start : start + block]
+        xor = np.bitwise_xor(chunk[:, None, :], as_bytes[None, :, :])
+        distance = np.unpackbits(xor, axis=2).sum(axis=2)
+        rows, cols = np.nonzero(distance <= max_distance)
+        for row, col in zip(rows + start, cols, strict=True):
+            if row < col and splits[row] != splits[col]:
+                pairs.append((int(row), int(col), int(distance[row - start, col])))
+    return pairs
+
+
+def split_and_pack(manifest: pd.DataFrame, params: Params) -> dict[str, Any]:
+    data, seed = params.data, params.seed
     manifest = manifest.sort_values("path").reset_index(drop=True)
+    manifest["group"] = (
+        manifest.get("group", pd.Series([""] * len(manifest))).fillna("").astype(str)
+    )
     manifest["split"] = assign_splits(manifest, data, seed)
     SPLIT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    manifest[["path", "label", "split"]].to_csv(SPLIT_FILE, index=False, lineterminator="\n")
+    manifest[["path", "label", "group", "split"]].to_csv(
+        SPLIT_FILE, index=False, lineterminator="\n"
+    )
 
     classes = sorted(manifest["label"].unique(), key=_natural_key)
     class_index = {label: index for index, label in enumerate(classes)}
     PACKED_DIR.mkdir(parents=True, exist_ok=True)
-    arrays = {}
+    arrays, targets_of, rows_of = {}, {}, {}
     for name in SPLITS:
         rows = manifest[manifest["split"] == name]
         images = pack(list(rows["path"]), data)
         targets = rows["label"].map(class_index).to_numpy(dtype=np.int64)
         np.save(PACKED_DIR / f"{name}_x.npy", images)
         np.save(PACKED_DIR / f"{name}_y.npy", targets)
-        arrays[name] = images
+        arrays[name], targets_of[name], rows_of[name] = images, targets, rows
+
+    folds_file = PACKED_DIR / "folds.npy"
+    folds_file.unlink(missing_ok=True)
+    if params.train.cv_folds > 1:  # folds over train+val (in that order); test stays held out
+        pool_labels = np.concatenate([targets_of["train"], targets_of["val"]])
+        pool_groups = (
+            np.concatenate([rows_of["train"]["group"], rows_of["val"]["group"]])
+            if data.group_column
+            else None
+        )
+        np.save(folds_file, assign_folds(pool_labels, pool_groups, params.train.cv_folds, seed))
+
+    every_image = np.concatenate([arrays[name] for name in SPLITS])
+    every_split = np.concatenate([[name] * len(arrays[name]) for name in SPLITS])
+    every_path = np.concatenate([rows_of[name]["path"].to_numpy() for name in SPLITS])
+    pairs = near_duplicates_across(
+        perceptual_hashes(every_image), every_split, data.near_duplicate_distance
+    )
+    groups_per_split = {
+        name: int(rows_of[name]["group"].replace("", np.nan).nunique()) for name in SPLITS
+    }
+    write_json(
+        SPLIT_REPORT,
+        {
+            "counts": {
+                name: {
+                    str(k): int(v)
+                    for k, v in rows_of[name]["label"].value_counts().sort_index().items()
+                }
+                for name in SPLITS
+            },
+            "groups": groups_per_split,
+            "near_duplicate_distance": data.near_duplicate_distance,
+            "near_duplicate_pairs_across_splits": len(pairs),
+            "near_duplicate_examples": [
+                {
+                    "a": every_path[i],
+                    "a_split": every_split[i],
+                    "b": every_path[j],
+                    "b_split": every_split[j],
+                    "distance": d,
+                }
+                for i, j, d in pairs[:20]
+            ],
+            "cv_folds": params.train.cv_folds,
+        },
+    )
 
     train = arrays["train"].astype(np.float64) / 255.0
     meta = {
@@ -100,6 +228,7 @@ def split_and_pack(manifest: pd.DataFrame, data: DataConfig, seed: int) -> dict[
         "mean": [float(v) for v in train.mean(axis=(0, 2, 3))],
         "std": [float(max(v, 1e-6)) for v in train.std(axis=(0, 2, 3))],
         "counts": {name: len(arrays[name]) for name in SPLITS},
+        "near_duplicate_pairs_across_splits": len(pairs),
     }
     write_json(PACKED_DIR / "meta.json", meta)
     return meta
@@ -117,9 +246,11 @@ def load_split(name: str, packed_dir: Path = PACKED_DIR) -> tuple[np.ndarray, np
 
 def main() -> None:
     params = load_params_or_exit()
-    manifest = pd.read_csv(VALIDATED_MANIFEST, dtype={"path": str, "label": str})
+    manifest = pd.read_csv(
+        VALIDATED_MANIFEST, dtype={"path": str, "label": str, "group": str}, keep_default_na=False
+    )
     try:
-        meta = split_and_pack(manifest, params.data, params.seed)
+        meta = split_and_pack(manifest, params)
     except SplitError as error:
         raise SystemExit(f"error: {error}") from None
     counts = meta["counts"]
@@ -127,6 +258,13 @@ def main() -> None:
         f"split: train {counts['train']}, val {counts['val']}, test {counts['test']} images "
         f"({len(meta['classes'])} classes, {meta['image_size']}px) -> {PACKED_DIR}"
     )
+    leaks = meta["near_duplicate_pairs_across_splits"]
+    if leaks:
+        print(
+            f"warning: {leaks} near-duplicate pair(s) across splits (perceptual hash distance "
+            f"<= {params.data.near_duplicate_distance}); see {SPLIT_REPORT}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

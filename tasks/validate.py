@@ -51,6 +51,7 @@ RAW_MANIFEST_SCHEMA = pa.DataFrameSchema(
     {
         "path": pa.Column(str, pa.Check.str_length(min_value=1)),
         "label": pa.Column(str),
+        "group": pa.Column(str),
         "sha256": pa.Column(str, pa.Check.str_matches(r"^([0-9a-f]{64})?$")),
         "bytes": pa.Column(int, pa.Check.ge(-1)),
         "status": pa.Column(str, pa.Check.isin(["ok", "unsafe_path", "missing"])),
@@ -200,7 +201,18 @@ def write_outputs(table: pd.DataFrame, files_dir: Path = RAW_FILES) -> dict[str,
     accepted = table[table["reason"] == ""]
     quarantined = table[table["reason"] != ""]
     VALIDATED_MANIFEST.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["path", "label", "sha256", "bytes", "width", "height", "mode", "mean", "std"]
+    columns = [
+        "path",
+        "label",
+        "group",
+        "sha256",
+        "bytes",
+        "width",
+        "height",
+        "mode",
+        "mean",
+        "std",
+    ]
     accepted[columns].to_csv(VALIDATED_MANIFEST, index=False, lineterminator="\n")
 
     if QUARANTINE_DIR.exists():

@@ -40,7 +40,7 @@ def test_dvc_repro_end_to_end_then_noop(repo: Path) -> None:
     model_info = json.loads((repo / "models" / "model.json").read_text())
     assert model_info["classes"] == [str(d) for d in range(10)]
     manifest = (repo / "data" / "raw" / "manifest.csv").read_text().splitlines()
-    assert manifest[0] == "path,label,sha256,bytes,status,detail" and len(manifest) == 1798
+    assert manifest[0] == "path,label,group,sha256,bytes,status,detail" and len(manifest) == 1798
 
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "reports/metrics.json" in shown

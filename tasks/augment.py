@@ -1,0 +1,80 @@
+"""augment: seeded offline augmentation of the train split (`augment.copies` per image).
+
+Run on its own with ``python -m tasks.augment`` (after split).
+
+Writes `data/augmented/train_{x,y}.npy`: the original train images followed by `copies`
+augmented versions of each (same labels), and `reports/augment/preview.png`, a grid of originals
+beside their augmented copies. The same seed gives byte-identical arrays. Validation and test
+images are never augmented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.augmentation import augment_uint8
+from tasks.config import AugmentConfig, load_params_or_exit
+from tasks.split import PACKED_DIR, load_split
+
+AUGMENTED_DIR = Path("data/augmented")
+PREVIEW_FILE = Path("reports/augment/preview.png")
+
+
+def augment_train(
+    images: np.ndarray, labels: np.ndarray, config: AugmentConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Originals followed by `config.copies` augmented copies; deterministic for a seed (CPU)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    originals = torch.from_numpy(images)
+    copies = [augment_uint8(originals, config, generator).numpy() for _ in range(config.copies)]
+    all_images = np.concatenate([images, *copies]) if copies else images.copy()
+    all_labels = np.concatenate([labels] * (config.copies + 1))
+    return np.ascontiguousarray(all_images), all_labels
+
+
+def save_preview(images: np.ndarray, copies: int, count: int, path: Path = PREVIEW_FILE) -> None:
+    """Rows of: an original, then its augmented copies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    originals = len(images) // (copies + 1)
+    count = min(count, originals)
+    picks = np.linspace(0, originals - 1, count).astype(int)  # spread over the (sorted) classes
+    columns = copies + 1
+    figure, axes = plt.subplots(count, columns, figsize=(1.4 * columns, 1.4 * count), squeeze=False)
+    for row in range(count):
+        for column in range(columns):
+            image = images[picks[row] + column * originals]
+            axis = axes[row, column]
+            axis.imshow(image.transpose(1, 2, 0).squeeze(), cmap="gray", vmin=0, vmax=255)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title("original" if column == 0 else f"copy {column}", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    params = load_params_or_exit()
+    images, labels = load_split("train", PACKED_DIR)
+    augmented, augmented_labels = augment_train(images, labels, params.augment, params.seed)
+    AUGMENTED_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(AUGMENTED_DIR / "train_x.npy", augmented)
+    np.save(AUGMENTED_DIR / "train_y.npy", augmented_labels)
+    save_preview(augmented, params.augment.copies, count=8)
+    print(
+        f"augment: {len(images)} train images + {params.augment.copies} augmented copies each "
+        f"= {len(augmented)} -> {AUGMENTED_DIR} (preview: {PREVIEW_FILE})"
+    )
+
+
+if __name__ == "__main__":
+    main()
