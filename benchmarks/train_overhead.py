@@ -1,0 +1,140 @@
+"""train_overhead: sixfold's Lightning training vs a plain PyTorch loop doing the same work.
+
+Run with ``python -m benchmarks.train_overhead`` (after ``make run``: it reads data/packed and
+data/augmented). Same network, data, batch size, epochs, online augmentation, optimizer,
+schedule, gradient clipping, train accuracy and a validation pass every epoch, deterministic
+algorithms in both; Lightning also writes its per-epoch checkpoint, dvclive curves and progress
+bar, as in the real stage. Early stopping is off so both run the same epochs. Writes
+reports/bench/train_overhead.json with `lightning_s`, `plain_s` and `ratio` (target <= 1.10).
+Each side runs twice, alternating; the faster run of each counts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from benchmarks.common import report
+from tasks.augmentation import BatchAugment
+from tasks.config import load_params
+from tasks.io import read_json
+from tasks.split import PACKED_DIR
+from tasks.train import (
+    Classifier,
+    History,
+    PackedBatches,
+    PackedDataModule,
+    _quiet_fit,
+    _trainer,
+    load_arrays,
+    make_network,
+)
+
+EPOCHS = 5
+
+
+def _params():
+    params = load_params()
+    train = params.train.model_copy(
+        update={"max_epochs": EPOCHS, "patience": 10_000, "accelerator": "cpu", "devices": 1}
+    )
+    return params.model_copy(update={"train": train})
+
+
+def lightning_run(params, arrays, meta) -> float:
+    L.seed_everything(params.seed, verbose=False)
+    from dvclive.lightning import DVCLiveLogger
+
+    with tempfile.TemporaryDirectory() as scratch:
+        network = make_network(params, meta)
+        module = Classifier(network, len(meta["classes"]), params, meta)
+        steps = -(-len(arrays["train"][1]) // params.train.batch_size)
+        checkpoint = ModelCheckpoint(
+            dirpath=scratch, filename="best", monitor="val_acc", mode="max", save_last=True
+        )
+        logger = DVCLiveLogger(dir=f"{scratch}/dvclive", save_dvc_exp=False, dvcyaml=False)
+        trainer = _trainer(params, [History(), checkpoint], logger=logger, steps_per_epoch=steps)
+        data = PackedDataModule(arrays, params.train.batch_size, params.seed)
+        start = time.perf_counter()
+        _quiet_fit(trainer, module, data)
+        return time.perf_counter() - start
+
+
+def plain_run(params, arrays, meta) -> float:
+    torch.manual_seed(params.seed)
+    train = params.train
+    network = make_network(params, meta)
+    channels = meta["channels"]
+    mean = torch.tensor(meta["mean"]).view(1, channels, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, channels, 1, 1)
+    augment = BatchAugment(params.augment)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+    tensors = {k: (torch.from_numpy(x), torch.from_numpy(y).long()) for k, (x, y) in arrays.items()}
+    train_batches = PackedBatches(*tensors["train"], train.batch_size, True, params.seed)
+    val_batches = PackedBatches(*tensors["val"], train.batch_size, False, params.seed)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=train.lr, weight_decay=train.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=train.lr, total_steps=EPOCHS * len(train_batches)
+    )
+    start = time.perf_counter()
+    for epoch in range(EPOCHS):
+        network.train()
+        train_batches.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(params.seed + epoch)
+        train_correct = 0
+        for images, labels in train_batches:
+            images = (augment(images.float().div_(255.0), generator) - mean) / std
+            logits = network(images)
+            loss = loss_fn(logits, labels)
+            train_correct += int((logits.argmax(1) == labels).sum())  # Lightning logs train_acc
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), train.gradient_clip or 1e9)
+            optimizer.step()
+            schedule.step()
+        network.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in val_batches:
+                logits = network((images.float().div_(255.0) - mean) / std)
+                correct += int((logits.argmax(1) == labels).sum())
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    params = _params()
+    meta = read_json(PACKED_DIR / "meta.json")
+    arrays = load_arrays()
+    arrays.pop("test")
+    torch.use_deterministic_algorithms(True)  # what Lightning's deterministic=True sets, for both
+    lightning_times, plain_times = [], []
+    for _ in range(2):
+        plain_times.append(plain_run(params, arrays, meta))
+        lightning_times.append(lightning_run(params, arrays, meta))
+    lightning_s, plain_s = min(lightning_times), min(plain_times)
+    report(
+        "train_overhead",
+        {
+            "lightning_s": lightning_s,
+            "plain_s": plain_s,
+            "ratio": lightning_s / plain_s,
+            "epochs": EPOCHS,
+            "train_images": len(arrays["train"][1]),
+            "batch_size": params.train.batch_size,
+            "lightning_runs": lightning_times,
+            "plain_runs": plain_times,
+            "target_ratio": 1.10,
+        },
+    )
+
+
+if __name__ == "__main__":
+    Path("reports/bench").mkdir(parents=True, exist_ok=True)
+    main()
