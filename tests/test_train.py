@@ -1,0 +1,241 @@
+"""Training: transfer learning, pretrained-weight errors, resume after kill -9, DDP, CV, GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from tasks.config import Params, load_params
+from tasks.networks import PretrainedMismatch, build_network, read_state_dict
+from tasks.train import PackedBatches, cross_validate, fit_once, make_network
+from tests.conftest import REPO_ROOT, VENV_BIN, run, write_params
+
+META = {"classes": [str(i) for i in range(4)], "channels": 1, "image_size": 16}
+META |= {"mean": [0.3], "std": [0.3]}
+
+
+def _params(**sections: dict) -> Params:
+    base = load_params(REPO_ROOT / "params.yaml").model_dump()
+    for name, values in sections.items():
+        base[name] = {**base[name], **values}
+    return Params.model_validate(base)
+
+
+def _toy_arrays(n: int = 64, seed: int = 0) -> dict:
+    """Four easy classes: a bright square in one of four quadrants."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(n, 1, 16, 16), dtype=np.uint8)
+    labels = np.arange(n) % 4
+    for index, label in enumerate(labels):
+        row, col = divmod(int(label), 2)
+        images[index, 0, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] = 220
+    return {"train": (images, labels), "val": (images[:16], labels[:16])}
+
+
+def _resnet18_weights(tmp_path: Path) -> Path:
+    """A small 'pretrained' checkpoint the test makes itself (torchvision layout, ImageNet head)."""
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_resnet18_loads_safetensors_and_fine_tunes(tmp_path: Path) -> None:
+    weights = _resnet18_weights(tmp_path)
+    params = _params(
+        model={"arch": "resnet18", "pretrained": str(weights), "freeze_backbone": True},
+        train={"max_epochs": 6, "finetune_epochs": 1, "accelerator": "cpu", "batch_size": 8},
+        augment={"online": False},
+    )
+    network = make_network(params, META)
+    source = read_state_dict(str(weights))
+    loaded = network.state_dict()
+    assert torch.equal(loaded["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
+    # ImageNet's 3-channel 7x7 stem became a 1-channel 3x3 one; the head is new
+    assert loaded["conv1.weight"].shape == (64, 1, 3, 3)
+    assert loaded["fc.1.weight"].shape == (4, 512)
+
+    trained, history = fit_once(params, _toy_arrays(), META)
+    assert len(history.epochs) == 6
+    after = trained.state_dict()
+    assert not torch.equal(after["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"]), (
+        "the backbone must be fine-tuned after train.finetune_epochs"
+    )
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+    assert history.epochs[-1]["val_acc"] > 0.5
+
+
+def test_frozen_backbone_stays_frozen(tmp_path: Path) -> None:
+    weights = _resnet18_weights(tmp_path)
+    params = _params(
+        model={"arch": "resnet18", "pretrained": str(weights), "freeze_backbone": True},
+        train={"max_epochs": 1, "finetune_epochs": 0, "accelerator": "cpu"},
+    )
+    trained, _history = fit_once(params, _toy_arrays(32), META)
+    source = read_state_dict(str(weights))
+    assert torch.equal(
+        trained.state_dict()["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"]
+    )
+
+
+def test_mismatched_weights_name_the_layers(tmp_path: Path) -> None:
+    state = torchvision.models.resnet34(weights=None).state_dict()
+    path = tmp_path / "resnet34.pt"
+    torch.save(state, path)
+    params = _params(model={"arch": "resnet18", "pretrained": str(path)})
+    with pytest.raises(PretrainedMismatch) as caught:
+        make_network(params, META)
+    message = str(caught.value)
+    assert "does not fit this architecture" in message
+    assert "unexpected: layer1.2." in message  # resnet34 has a third block in layer1
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": torch.zeros(1), "payload": Path("/")}, path)  # not weights-only
+    with pytest.raises(PretrainedMismatch, match="weights_only"):
+        read_state_dict(str(path))
+
+
+def test_missing_pretrained_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nothing-here\.safetensors"):
+        read_state_dict(str(tmp_path / "nothing-here.safetensors"))
+
+
+def test_packed_batches_shard_disjointly_and_cover_every_image() -> None:
+    images = torch.arange(10).view(10, 1, 1, 1).to(torch.uint8)
+    labels = torch.arange(10)
+    seen = []
+    for rank in range(2):
+        shard = PackedBatches(images, labels, 3, shuffle=True, seed=0, rank=rank, world_size=2)
+        shard.set_epoch(4)
+        seen.append(torch.cat([y for _x, y in shard]).tolist())
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(10))
+    again = PackedBatches(images, labels, 3, shuffle=True, seed=0)
+    again.set_epoch(5)
+    first = torch.cat([y for _x, y in again]).tolist()
+    again.set_epoch(6)
+    assert first != torch.cat([y for _x, y in again]).tolist(), "each epoch reshuffles"
+
+
+def test_cross_validation_reports_every_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arrays = _toy_arrays(48)
+    packed = tmp_path / "data" / "packed"
+    packed.mkdir(parents=True)
+    np.save(packed / "train_x.npy", arrays["train"][0])
+    np.save(packed / "train_y.npy", arrays["train"][1])
+    monkeypatch.chdir(tmp_path)
+    params = _params(
+        train={"max_epochs": 1, "cv_folds": 3, "accelerator": "cpu"}, model={"width": 8}
+    )
+    folds = np.arange(48 + 16) % 3
+    summary = cross_validate(params, arrays, META, folds)
+    assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
+    assert 0.0 <= summary["mean"]["val_acc"] <= 1.0 and summary["std"]["val_acc"] >= 0.0
+
+
+def test_network_output_shapes_for_each_arch() -> None:
+    for arch in ("cnn", "resnet18", "resnet34", "resnet50"):
+        network = build_network(arch, 3, 7, 8, 0.1, 32).eval()
+        assert network(torch.zeros(2, 3, 32, 32)).shape == (2, 7), arch
+
+
+# --------------------------------------------------------------------------- pipeline-level
+
+
+def _prepare_data(repo: Path) -> None:
+    for stage in ("source", "ingest", "validate", "split", "augment"):
+        run(["python", "-m", f"tasks.{stage}"], repo)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains(repo: Path) -> None:
+    write_params(
+        repo,
+        {"train": {"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 3}},
+    )
+    _prepare_data(repo)
+    result = run(["python", "-m", "tasks.train"], repo)
+    report = json.loads((repo / "reports" / "train.json").read_text())
+    assert report["world_size"] == 2, result.stdout
+    assert report["val_acc"] > 0.6
+    run(["python", "-m", "tasks.evaluate"], repo)
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.6
+
+
+def _train_child(parent: int) -> int | None:
+    """PID of the `python -m tasks.train` process started (indirectly) by `parent`."""
+    import psutil
+
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            if "tasks.train" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_repro_resumes(repo: Path, tmp_path: Path) -> None:
+    settings = {"train": {"max_epochs": 8, "patience": 100}, "augment": {"copies": 1}}
+    write_params(repo, settings)
+    run(["python", "-m", "tasks.source"], repo)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=log, stderr=log)
+    state = repo / "models" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    killed = False
+    while time.monotonic() < deadline and first.poll() is None:
+        if state.exists() and torch.load(state, weights_only=False)["epoch"] >= 3:
+            pid = _train_child(first.pid)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.5)
+    first.wait(timeout=120)
+    log.close()
+    assert killed, (tmp_path / "first.log").read_text()[-3000:]
+    assert first.returncode != 0
+
+    resumed = run(["dvc", "repro"], repo)
+    output = resumed.stdout + resumed.stderr
+    assert "train: resuming from models/checkpoints/last.ckpt" in output
+    resumed_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
+    report = json.loads((repo / "reports" / "train.json").read_text())
+    assert report["resumed"] is True and report["epochs_run"] == 8
+
+    # an uninterrupted run of the same pipeline, for comparison
+    run(["dvc", "repro", "--force", "--single-item", "train"], repo)
+    clean_report = json.loads((repo / "reports" / "train.json").read_text())
+    assert clean_report["resumed"] is False
+    run(["dvc", "repro"], repo)
+    clean_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
+    assert abs(resumed_accuracy["accuracy"] - clean_accuracy["accuracy"]) <= 0.005
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_mixed_precision_on_gpu() -> None:
+    params = _params(
+        train={"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed", "max_epochs": 3}
+    )
+    _network, history = fit_once(params, _toy_arrays(256), META)
+    assert history.epochs[-1]["train_acc"] > 0.9
