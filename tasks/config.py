@@ -126,6 +126,70 @@ class TrainConfig(Section):
         return self
 
 
+class SearchDimension(Section):
+    """One tunable key: `type` with `low`/`high` (loguniform, uniform, int) or `values` (choice)."""
+
+    type: Literal["loguniform", "uniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchDimension:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice dimension needs a non-empty `values` list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(
+                f"a {self.type} dimension needs low < high, got {self.low}, {self.high}"
+            )
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform dimension needs low > 0, got {self.low}")
+        return self
+
+
+TUNABLE_SECTIONS = ("train", "model", "augment")
+
+
+class TuneSettings(Section):
+    enabled: bool = True
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    search: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    max_epochs: int = Field(10, ge=1)
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    address: str | None = None
+    max_failures: int = Field(2, ge=0)
+    # section -> key -> dimension, e.g. space: {train: {lr: {type: loguniform, low: .., high: ..}}}
+    space: dict[Literal["train", "model", "augment"], dict[str, SearchDimension]] = Field(
+        default_factory=dict
+    )
+
+    def flat_space(self) -> dict[str, SearchDimension]:
+        """The space with dotted keys: {"train.lr": SearchDimension, ...}."""
+        return {f"{s}.{k}": dim for s, keys in self.space.items() for k, dim in keys.items()}
+
+    @model_validator(mode="after")
+    def _space_keys_exist(self) -> TuneSettings:
+        sections = {"train": TrainConfig, "model": ModelConfig, "augment": AugmentConfig}
+        for key in self.flat_space():
+            section, _, name = key.partition(".")
+            if name not in sections[section].model_fields:
+                raise ValueError(f"tune.space.{key} names no {section} setting")
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"tune.grace_period must be <= tune.max_epochs ({self.max_epochs}), "
+                f"got {self.grace_period}"
+            )
+        return self
+
+
 class EvaluateConfig(Section):
     baseline: Literal["logistic_regression", "svc"] = "logistic_regression"
 
@@ -136,6 +200,7 @@ class Params(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
@@ -201,6 +266,21 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except ValidationError as error:
         problems = [_describe(item, Params) for item in error.errors()]
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+
+
+def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
+    """A copy of `params` with dotted keys replaced (`{"train.lr": 0.01}`), validated again."""
+    raw = params.model_dump()
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in raw or not isinstance(raw[section], dict) or name not in raw[section]:
+            raise ConfigError(f"override {key!r} names no setting")
+        raw[section][name] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = [_describe(item, Params) for item in error.errors()]
+        raise ConfigError("overrides: " + "; ".join(problems)) from None
 
 
 def load_params_or_exit(path: str | Path = PARAMS_FILE) -> Params:

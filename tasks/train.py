@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from tasks.augment import AUGMENTED_DIR
 from tasks.augmentation import BatchAugment
-from tasks.config import Params, load_params_or_exit
+from tasks.config import Params, load_params_or_exit, with_overrides
 from tasks.io import read_json, write_json
 from tasks.models import MODEL_DIR, params_hash, save_model
 from tasks.networks import (
@@ -50,6 +50,7 @@ from tasks.networks import (
     set_backbone_trainable,
 )
 from tasks.split import PACKED_DIR, load_split
+from tasks.tune import BEST_PARAMS, read_best_params
 
 TRAIN_REPORT = Path("reports/train.json")
 CV_REPORT = Path("reports/cv.json")
@@ -362,8 +363,12 @@ def fit_once(
     arrays: dict[str, tuple[np.ndarray, np.ndarray]],
     meta: dict[str, Any],
     extra_callbacks: list[L.Callback] | None = None,
+    ckpt_path: str | None = None,
 ) -> tuple[nn.Module, History]:
-    """One plain fit (no checkpoints, no logger, one device): used by CV folds and tuning trials."""
+    """One plain fit (no checkpoints, no logger, one device): used by CV folds and tuning trials.
+
+    `ckpt_path` resumes from a Lightning checkpoint (a restored tuning trial).
+    """
     L.seed_everything(params.seed, workers=True, verbose=False)
     network = make_network(params, meta)
     module = Classifier(network, len(meta["classes"]), params, meta)
@@ -372,7 +377,7 @@ def fit_once(
     callbacks = [history, *_regularization_callbacks(params), *(extra_callbacks or [])]
     trainer = _trainer(params, callbacks, distributed=False, steps_per_epoch=steps)
     data = PackedDataModule(arrays, params.train.batch_size, params.seed)
-    _quiet_fit(trainer, module, data)
+    _quiet_fit(trainer, module, data, ckpt_path=ckpt_path)
     return network, history
 
 
@@ -558,6 +563,13 @@ def train(
 
 def main() -> None:
     params = load_params_or_exit()
+    tuned = read_best_params()
+    if tuned:
+        params = with_overrides(params, tuned)
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items()
+        )
+        print(f"train: using the tuned values from {BEST_PARAMS}: {shown}")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     report = train(params)
     if report is None:
