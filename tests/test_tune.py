@@ -1,0 +1,197 @@
+"""Hyperparameter search: config, disabled mode, crash retry, resume, and a real Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tasks.config import ConfigError, Params, load_params
+from tasks.tune import search_space, trial_params
+from tests.conftest import REPO_ROOT, VENV_BIN, run, write_params
+
+# a search small enough for the 2-core machine: 3 trials x 2 epochs on un-augmented data
+SMALL_SEARCH = {
+    "tune": {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "max_concurrent": 2},
+    "augment": {"copies": 0},
+}
+
+
+def _params(overrides: dict) -> Params:
+    raw = load_params(REPO_ROOT / "params.yaml").model_dump()
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values}
+    return Params.model_validate(raw)
+
+
+def test_space_keys_must_name_real_settings(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["tune"]["space"]["train"]["learning_rate"] = {"type": "uniform", "low": 0, "high": 1}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"tune\.space\.train\.learning_rate names no train"):
+        load_params(path)
+
+
+def test_dimension_bounds_are_checked(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["tune"]["space"]["train"]["lr"] = {"type": "loguniform", "low": 0, "high": 1}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="loguniform dimension needs low > 0"):
+        load_params(path)
+
+
+def test_search_space_and_trial_params() -> None:
+    params = _params({})
+    space = search_space(params.tune.flat_space())
+    assert set(space) == {"train.lr", "train.weight_decay", "model.dropout"}
+    sampled = trial_params(
+        params.model_dump(mode="json"), {"train.lr": 0.002, "model.dropout": 0.1}
+    )
+    assert sampled.train.lr == 0.002 and sampled.model.dropout == 0.1
+    assert sampled.train.max_epochs == params.tune.max_epochs
+    assert sampled.train.accelerator == "cpu" and sampled.train.devices == 1
+
+
+def test_disabled_search_writes_the_params_values(repo: Path) -> None:
+    write_params(repo, {"tune": {"enabled": False}})
+    result = run(["python", "-m", "tasks.tune"], repo)
+    assert "tune: disabled" in result.stdout
+    best = yaml.safe_load((repo / "models" / "tune" / "best_params.yaml").read_text())
+    params = load_params(repo / "params.yaml")
+    assert best == {
+        "train.lr": params.train.lr,
+        "train.weight_decay": params.train.weight_decay,
+        "model.dropout": params.model.dropout,
+    }
+
+
+def _prepare(repo: Path) -> None:
+    for stage in ("ingest", "validate", "split", "augment"):
+        run(["python", "-m", f"tasks.{stage}"], repo)
+
+
+def _summary(repo: Path) -> dict:
+    return json.loads((repo / "reports" / "tune" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_trial_that_crashes_once_is_retried_and_the_search_completes(
+    repo: Path, tmp_path: Path
+) -> None:
+    write_params(repo, SMALL_SEARCH)
+    _prepare(repo)
+    marker = tmp_path / "crashed-once"
+    result = run(["python", "-m", "tasks.tune"], repo, env={"SIXFOLD_TUNE_FAIL_ONCE": str(marker)})
+    assert marker.exists(), "the injected failure never fired"
+    crashed_trial = marker.read_text()
+    trials = pd.read_csv(repo / "reports" / "tune" / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) == 3 and (trials["status"] == "finished").all(), result.stdout[-3000:]
+    retried = trials[trials["retries"] > 0]
+    assert list(retried["trial_id"]) == [crashed_trial]
+    summary = _summary(repo)
+    assert summary["retried_trials"] == 1 and summary["errored_trials"] == 0
+    best = yaml.safe_load((repo / "models" / "tune" / "best_params.yaml").read_text())
+    assert set(best) == {"train.lr", "train.weight_decay", "model.dropout"}
+    # train picks the tuned values up
+    train = run(["python", "-m", "tasks.train"], repo)
+    assert "train: using the tuned values from models/tune/best_params.yaml" in train.stdout
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_resumes(repo: Path, tmp_path: Path) -> None:
+    write_params(
+        repo,
+        {
+            **SMALL_SEARCH,
+            "tune": {
+                "num_samples": 4,
+                "max_epochs": 3,
+                "max_concurrent": 1,
+                "scheduler": "none",
+                "search": "random",
+            },
+        },
+    )
+    _prepare(repo)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(
+            ["python", "-m", "tasks.tune"], cwd=repo, env=env, stdout=log, stderr=log
+        )
+        experiment = repo / "models" / "tune" / "search" / "sixfold-tune"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            done = [
+                path
+                for path in experiment.glob("run_trial_*/result.json")
+                if len(path.read_text().splitlines()) >= 3
+            ]
+            if len(done) >= 2:
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, log_path.read_text()[-3000:]
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    assert first.returncode != 0
+    assert not (repo / "reports" / "tune" / "summary.json").exists()
+
+    second = run(["python", "-m", "tasks.tune"], repo)
+    assert "tune: resuming the interrupted search" in second.stdout
+    summary = _summary(repo)
+    assert summary["resumed"] is True and summary["trials"] == 4
+    trials = pd.read_csv(repo / "reports" / "tune" / "trials.csv")
+    assert (trials["status"] == "finished").all() and (trials["epochs_run"] == 3).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_trials_run_on_an_existing_ray_cluster(repo: Path) -> None:
+    port = _free_port()
+    ray = str(VENV_BIN / "ray")
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    run(
+        [
+            ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+        ],
+        repo,
+        env=env,
+    )  # fmt: skip
+    try:
+        address = f"127.0.0.1:{port}"
+        write_params(repo, {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "address": address}})
+        _prepare(repo)
+        result = run(["python", "-m", "tasks.tune"], repo)
+        assert _summary(repo)["trials"] == 3
+        # the cluster, not a private Ray, ran the search: its job table has our driver
+        probe = run(
+            [
+                "python",
+                "-c",
+                "import ray; ray.init(address='" + address + "', log_to_driver=False); "
+                "from ray._private.state import jobs; "
+                "print('JOBS', len([j for j in jobs() if j.get('IsDead')]))",
+            ],
+            repo,
+            env=env,
+        )
+        finished_jobs = int(probe.stdout.split("JOBS")[1].split()[0])
+        assert finished_jobs >= 1, result.stdout[-2000:]
+    finally:
+        run([ray, "stop", "--force"], repo, check=False)
