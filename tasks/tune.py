@@ -143,7 +143,22 @@ def load_tuning_arrays(packed_dir: Path, augmented_dir: Path, cv_folds: int) -> 
     return arrays
 
 
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
+
+
+def keep_ray_on_loopback(address: str | None) -> None:
+    """For a local Ray (or a cluster on 127.0.0.1), make Ray use the loopback address.
+
+    Ray otherwise rewrites 127.0.0.1 to the machine's outward IP (so remote nodes could reach
+    it), which fails to reach a head started with --node-ip-address=127.0.0.1 and sends a
+    one-machine search over a real interface. Must run before `ray` is imported.
+    """
+    if address is None or address.split("://")[-1].startswith(LOOPBACK_HOSTS):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def start_ray(address: str | None, root: Path) -> None:
+    keep_ray_on_loopback(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
@@ -262,6 +277,7 @@ def tune_search(
         write_json(REPORT_DIR / "summary.json", summary)
         return summary
 
+    keep_ray_on_loopback(settings.address)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter

@@ -164,7 +164,13 @@ def _free_port() -> int:
 def test_trials_run_on_an_existing_ray_cluster(repo: Path) -> None:
     port = _free_port()
     ray = str(VENV_BIN / "ray")
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    # everything on 127.0.0.1: Ray would otherwise advertise the machine's outward address
+    # and `ray start` turns on token authentication (Ray 2.60): clients must use the token mode
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "token",
+    }
     run(
         [
             ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -177,7 +183,7 @@ def test_trials_run_on_an_existing_ray_cluster(repo: Path) -> None:
         address = f"127.0.0.1:{port}"
         write_params(repo, {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "address": address}})
         _prepare(repo)
-        result = run(["python", "-m", "tasks.tune"], repo)
+        result = run(["python", "-m", "tasks.tune"], repo, env=env)
         assert _summary(repo)["trials"] == 3
         # the cluster, not a private Ray, ran the search: its job table has our driver
         probe = run(
