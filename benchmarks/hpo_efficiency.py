@@ -24,7 +24,7 @@ from benchmarks.common import report
 from tasks.config import load_params, with_overrides
 from tasks.io import read_json
 from tasks.split import PACKED_DIR, load_split
-from tasks.tune import keep_ray_on_loopback, run_trial, start_ray
+from tasks.tune import keep_ray_on_loopback, make_searcher, run_trial, start_ray
 
 EPOCHS = 9
 GRID = {
@@ -33,6 +33,7 @@ GRID = {
     "model.dropout": [0.0, 0.4],
 }
 TUNED_SAMPLES = 12
+GRACE = 2  # epochs before ASHA's first cut: epoch 1 says little about where a trial ends
 
 
 def _search(trainable, space: dict, searcher, scheduler, samples: int, storage: str, name: str):
@@ -70,7 +71,7 @@ def main() -> None:
     params = load_params()
     params = with_overrides(
         params,
-        {"tune.max_epochs": EPOCHS, "tune.grace_period": 1, "tune.reduction_factor": 3},
+        {"tune.max_epochs": EPOCHS, "tune.grace_period": GRACE, "tune.reduction_factor": 3},
     )
     meta = read_json(PACKED_DIR / "meta.json")
     val = [load_split(name, PACKED_DIR) for name in ("val", "test")]
@@ -81,9 +82,7 @@ def main() -> None:
     keep_ray_on_loopback(None)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
 
     start_ray(None, Path.cwd())
     trainable = tune.with_resources(
@@ -106,8 +105,8 @@ def main() -> None:
         tuned_best, tuned_epochs, tuned_s, tuned_trials = _search(
             trainable,
             {key: tune.choice(values) for key, values in GRID.items()},
-            ConcurrencyLimiter(OptunaSearch(seed=params.seed), max_concurrent=concurrent),
-            ASHAScheduler(max_t=EPOCHS, grace_period=1, reduction_factor=3),
+            make_searcher("optuna", TUNED_SAMPLES, concurrent, params.seed),
+            ASHAScheduler(max_t=EPOCHS, grace_period=GRACE, reduction_factor=3),
             TUNED_SAMPLES,
             storage,
             "tuned",

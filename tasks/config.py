@@ -105,7 +105,7 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(40, ge=1)
     patience: int = Field(10, ge=1)
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
     gradient_clip: float | None = Field(1.0, gt=0)
     finetune_epochs: int = Field(0, ge=0)
     overfit_warn_gap: float = Field(0.05, ge=0, le=1)

@@ -128,9 +128,11 @@ def list_folder(filesystem: Any, root: str, remote: bool) -> list[SourceEntry]:
     if remote:
         for key in filesystem.find(root):
             relative = key[len(root.rstrip("/")) + 1 :]
-            entries.append(_folder_entry(relative))
+            if not any(part.startswith(".") for part in relative.split("/")):
+                entries.append(_folder_entry(relative))
         return entries
     for directory, folders, files in os.walk(root, followlinks=False):
+        folders[:] = [name for name in folders if not name.startswith(".")]  # .git, .ipynb_...
         for name in sorted(folders):
             full = os.path.join(directory, name)
             relative = os.path.relpath(full, root).replace(os.sep, "/")
@@ -141,7 +143,7 @@ def list_folder(filesystem: Any, root: str, remote: bool) -> list[SourceEntry]:
         for name in files:
             relative = os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/")
             if name.startswith("."):
-                continue  # .DS_Store, .gitkeep: file-system clutter, not data
+                continue  # .DS_Store, .gitkeep, hidden folders: file-system clutter, not data
             entry = _folder_entry(relative)
             if _escapes_root(root, relative):
                 detail = "symlink resolves outside the source root"

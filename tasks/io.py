@@ -39,7 +39,12 @@ def is_remote(uri: str) -> bool:
 def filesystem_for(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     """The fsspec filesystem for `uri`. Credentials come from the environment or an AWS profile."""
     protocol = uri.split("://", 1)[0] if is_remote(uri) else "file"
-    return fsspec.filesystem(protocol, **(storage_options or {}))
+    if protocol == "file":
+        return fsspec.filesystem(protocol, **(storage_options or {}))
+    # a fresh instance without cached listings: a source that changed since the last listing in
+    # this process (a long-running flow, a notebook) must be seen as it is now
+    options = {"skip_instance_cache": True, "use_listings_cache": False, **(storage_options or {})}
+    return fsspec.filesystem(protocol, **options)
 
 
 def strip_protocol(uri: str) -> str:

@@ -125,6 +125,21 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], arrays: dict, meta: 
     fit_once(params, arrays, meta, extra_callbacks=[callback], ckpt_path=ckpt_path)
 
 
+def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -> Any:
+    """Optuna's TPE (with a short random start, so small budgets still exploit) or random search."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if kind == "random":
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = min(10, max(2, num_samples // 3))  # Optuna's default of 10 is most of a small search
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+
+
 def fingerprint(params: Params, packed_dir: Path, augmented_dir: Path) -> str:
     """What an interrupted search must match to be resumed: settings, base params and data."""
     digest = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
@@ -280,9 +295,6 @@ def tune_search(
     keep_ray_on_loopback(settings.address)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
 
     root = (root or Path.cwd()).resolve()
     meta = read_json(packed_dir / "meta.json")
@@ -312,13 +324,9 @@ def tune_search(
         print(f"tune: resuming the interrupted search in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        if settings.search == "optuna":
-            searcher = OptunaSearch(seed=params.seed)
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
-        else:
-            searcher = BasicVariantGenerator(
-                random_state=params.seed, max_concurrent=settings.max_concurrent
-            )
+        searcher = make_searcher(
+            settings.search, settings.num_samples, settings.max_concurrent, params.seed
+        )
         scheduler = (
             ASHAScheduler(
                 max_t=settings.max_epochs,

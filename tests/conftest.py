@@ -98,9 +98,7 @@ def repo(tmp_path: Path) -> Path:
     write_params(destination, SHRUNK)
     run(["git", "init", "-q"], destination)
     run(["git", "add", "-A"], destination)
-    run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], destination
-    )
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], destination)
     return destination
 
 
