@@ -55,7 +55,7 @@ format: setup ## apply ruff's fixes and formatting
 
 bench: setup ## run every benchmark in benchmarks/ (results in reports/bench/)
 	@set -e; for bench in benchmarks/*.py; do \
-		name=$$(basename $$bench .py); [ "$$name" = "__init__" ] && continue; \
+		name=$$(basename $$bench .py); case $$name in __init__|common) continue;; esac; \
 		echo "== benchmark $$name"; $(PYTHON) -m benchmarks.$$name; \
 	done
 

@@ -109,9 +109,28 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], arrays: dict, meta: 
         return
 
     class Report(TuneReportCheckpointCallback):
+        """Reports each epoch the best val_acc / val_loss so far (a trial is as good as its best
+        epoch, which is the one train exports) beside the epoch's own values; the running best
+        is less noisy for ASHA's early cuts and is saved in the trial's checkpoint."""
+
+        best: dict[str, float] = {}  # noqa: RUF012 (replaced per instance in load/first use)
+
         def _get_report_dict(self, trainer: Any, module: Any) -> dict[str, float] | None:
             found = super()._get_report_dict(trainer, module)
-            return {**found, "attempt": attempt, "epoch": trainer.current_epoch} if found else None
+            if not found:
+                return None
+            best = dict(self.best)
+            best["val_acc"] = max(best.get("val_acc", -1.0), found["val_acc"])
+            best["val_loss"] = min(best.get("val_loss", float("inf")), found["val_loss"])
+            self.best = best
+            epoch_values = {f"epoch_{k}": v for k, v in found.items()}
+            return {**best, **epoch_values, "attempt": attempt, "epoch": trainer.current_epoch}
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"best": dict(self.best)}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self.best = dict(state_dict.get("best", {}))
 
     callback = Report(
         metrics={"val_acc": "val_acc", "val_loss": "val_loss"},

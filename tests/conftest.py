@@ -22,7 +22,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 # The settings every end-to-end test starts from: the real params.yaml, shrunk for speed.
-SHRUNK = {"train": {"max_epochs": 3, "accelerator": "cpu"}, "model": {"width": 8}}
+SHRUNK = {
+    "train": {"max_epochs": 3, "accelerator": "cpu"},
+    "model": {"width": 8},
+    "augment": {"copies": 1},
+    "tune": {"num_samples": 2, "max_epochs": 2, "grace_period": 1},
+}
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ import yaml
 from tasks.ingest import write_digits
 from tests.conftest import run, write_params
 
-STAGES = ["ingest", "validate", "split", "train", "evaluate"]
+STAGES = ["ingest", "validate", "split", "augment", "tune", "train", "evaluate"]
 
 
 def _repro(repo: Path) -> str:

@@ -1,0 +1,60 @@
+"""train_throughput: training images per second on whatever device is here, fp32 vs mixed precision.
+
+Run with ``python -m benchmarks.train_throughput`` (after ``make run``). Trains the configured
+network for a few epochs on the packed + augmented train split with `train.accelerator: auto`
+(the GPU when there is one), once in full precision (`32-true`) and once in mixed precision
+(`bf16-mixed` where the device supports bf16, else `16-mixed` on a GPU), and writes
+reports/bench/train_throughput.json with images/s for both and their ratio.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from benchmarks.common import report
+from tasks.config import load_params, with_overrides
+from tasks.io import read_json
+from tasks.split import PACKED_DIR
+from tasks.train import fit_once, load_arrays
+
+EPOCHS = 3
+
+
+def images_per_second(params, arrays: dict, meta: dict) -> float:
+    start = time.perf_counter()
+    _network, history = fit_once(params, arrays, meta)
+    elapsed = time.perf_counter() - start
+    return len(history.epochs) * len(arrays["train"][1]) / elapsed
+
+
+def main() -> None:
+    on_gpu = torch.cuda.is_available()
+    mixed = "bf16-mixed" if (not on_gpu or torch.cuda.is_bf16_supported()) else "16-mixed"
+    base = with_overrides(
+        load_params(),
+        {"train.max_epochs": EPOCHS, "train.patience": EPOCHS + 1, "train.accelerator": "auto"},
+    )
+    meta = read_json(PACKED_DIR / "meta.json")
+    arrays = load_arrays()
+    arrays.pop("test")
+    full = images_per_second(with_overrides(base, {"train.precision": "32-true"}), arrays, meta)
+    half = images_per_second(with_overrides(base, {"train.precision": mixed}), arrays, meta)
+    report(
+        "train_throughput",
+        {
+            "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
+            "fp32_img_s": full,
+            "mixed_img_s": half,
+            "mixed_precision": mixed,
+            "ratio": half / full,
+            "epochs": EPOCHS,
+            "train_images": len(arrays["train"][1]),
+            "arch": base.model.arch,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
