@@ -1,0 +1,361 @@
+"""The split and augment stages, and the batched augmentation, on real data with no mocks.
+
+Stages run as their real `main()` entry points in fresh Python processes (cwd = a work folder
+holding only params.yaml, PYTHONPATH = the repository), so determinism is checked across
+processes with different hash seeds, not only within one interpreter.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tasks.augmentation import BatchAugment, augment_uint8
+from tasks.config import AugmentConfig, DataConfig
+from tasks.ingest import write_digits
+from tasks.split import assign_splits
+from tests.conftest import REPO_ROOT, merge, run
+
+PER_CLASS = 50  # digits per class in the shared run: 500 images, ~5 s per full pipeline run
+ALL_STAGES = ("ingest", "validate", "split", "augment")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run_stages(
+    work: Path, overrides: dict[str, Any], stages: tuple[str, ...] = ALL_STAGES, hash_seed: int = 0
+) -> None:
+    """Write params.yaml (the repository's, with `overrides`) and run `stages` in one process."""
+    params = merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), overrides)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    script = "".join(f"import tasks.{s}; tasks.{s}.main()\n" for s in stages)
+    environment = {"PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": str(hash_seed)}
+    run([sys.executable, "-c", script], work, env=environment)
+
+
+def png_bytes(array: np.ndarray, **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+def noise(seed: int, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+
+
+def read_split(work: Path) -> pd.DataFrame:
+    return pd.read_csv(work / "data" / "splits" / "split.csv", dtype=str, keep_default_na=False)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def output_files(work: Path) -> dict[str, bytes]:
+    """Every determinism-relevant output: packed arrays, the split and augmented arrays."""
+    paths = [
+        *sorted((work / "data" / "packed").glob("*.npy")),
+        work / "data" / "splits" / "split.csv",
+        *sorted((work / "data" / "augmented").glob("*.npy")),
+    ]
+    return {str(path.relative_to(work)): path.read_bytes() for path in paths}
+
+
+@pytest.fixture(scope="module")
+def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-folder source of the first PER_CLASS bundled digits of each class."""
+    folder = tmp_path_factory.mktemp("digits-subset")
+    write_digits(folder)
+    for class_folder in folder.iterdir():
+        for extra in sorted(class_folder.iterdir())[PER_CLASS:]:
+            extra.unlink()
+    return folder
+
+
+def digits_overrides(source: Path, seed: int = 42) -> dict[str, Any]:
+    return {"seed": seed, "data": {"source": str(source)}, "train": {"cv_folds": 3}}
+
+
+@pytest.fixture(scope="module")
+def first_run(digits_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ingest -> validate -> split -> augment with seed 42 and train.cv_folds=3."""
+    work = tmp_path_factory.mktemp("run-seed42")
+    run_stages(work, digits_overrides(digits_source), hash_seed=1)
+    return work
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes_other_seed_differs(
+    first_run: Path, digits_source: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again-seed42"
+    run_stages(again, digits_overrides(digits_source), hash_seed=2)
+    other = tmp_path / "seed7"
+    run_stages(other, digits_overrides(digits_source, seed=7), hash_seed=1)
+
+    first, second, third = output_files(first_run), output_files(again), output_files(other)
+    expected = {
+        "data/packed/train_x.npy",
+        "data/packed/val_x.npy",
+        "data/packed/test_x.npy",
+        "data/packed/train_y.npy",
+        "data/packed/folds.npy",
+        "data/splits/split.csv",
+        "data/augmented/train_x.npy",
+        "data/augmented/train_y.npy",
+    }
+    assert expected <= set(first)
+    assert set(first) == set(second) == set(third)
+    different = [name for name in first if first[name] != second[name]]
+    assert not different, f"same seed, different bytes: {different}"
+
+    assert third["data/splits/split.csv"] != first["data/splits/split.csv"]
+    assert third["data/augmented/train_x.npy"] != first["data/augmented/train_x.npy"]
+    # not only a different split: the same original image gets different random copies
+    copies = {}
+    for seed, work in ((42, first_run), (7, other)):
+        train_paths = read_split(work).query("split == 'train'")["path"].tolist()
+        augmented = np.load(work / "data" / "augmented" / "train_x.npy")
+        n = len(train_paths)  # packed train order is the split file's (sorted path) order
+        assert len(augmented) == 3 * n  # originals, then augment.copies=2 copies of each
+        copies[seed] = {p: (augmented[i], augmented[n + i]) for i, p in enumerate(train_paths)}
+    shared = sorted(set(copies[42]) & set(copies[7]))
+    assert len(shared) > 100
+    assert all(np.array_equal(copies[42][p][0], copies[7][p][0]) for p in shared)
+    changed = sum(not np.array_equal(copies[42][p][1], copies[7][p][1]) for p in shared)
+    assert changed > 0.9 * len(shared)
+
+
+# --------------------------------------------------------------------------- stratified split
+
+
+def test_split_is_stratified_and_normalization_uses_train_only(first_run: Path) -> None:
+    split = read_split(first_run)
+    assert len(split) == 10 * PER_CLASS
+    assert split["path"].is_unique
+    fractions = {"train": 0.70, "val": 0.15, "test": 0.15}
+    table = pd.crosstab(split["label"], split["split"])
+    for label, counts in table.iterrows():
+        total = counts.sum()
+        for name, fraction in fractions.items():
+            assert abs(counts[name] - total * fraction) <= 2, (label, name, dict(counts))
+
+    meta = read_json(first_run / "data" / "packed" / "meta.json")
+    packed = first_run / "data" / "packed"
+    arrays = {name: np.load(packed / f"{name}_x.npy") for name in fractions}
+    targets = {name: np.load(packed / f"{name}_y.npy") for name in fractions}
+    for name in fractions:
+        assert arrays[name].shape == ((split["split"] == name).sum(), 1, 16, 16)
+        assert arrays[name].dtype == np.uint8
+        labels = split.loc[split["split"] == name, "label"].map(meta["classes"].index)
+        assert np.array_equal(np.sort(targets[name]), np.sort(labels.to_numpy()))
+
+    train = arrays["train"].astype(np.float64) / 255.0
+    assert meta["mean"] == pytest.approx([train.mean()], rel=1e-9)
+    assert meta["std"] == pytest.approx([train.std()], rel=1e-9)
+    # and not the statistics of all the data (which would leak val/test into training)
+    everything = np.concatenate(list(arrays.values())).astype(np.float64) / 255.0
+    assert abs(everything.mean() - train.mean()) > 1e-6
+    assert meta["counts"] == {name: len(arrays[name]) for name in fractions}
+
+
+def test_cv_folds_cover_train_and_val_stratified(first_run: Path) -> None:
+    packed = first_run / "data" / "packed"
+    folds = np.load(packed / "folds.npy")
+    pool = np.concatenate([np.load(packed / "train_y.npy"), np.load(packed / "val_y.npy")])
+    assert folds.shape == pool.shape
+    assert set(folds.tolist()) == {0, 1, 2}
+    for label in np.unique(pool):
+        per_fold = np.bincount(folds[pool == label], minlength=3)
+        assert per_fold.max() - per_fold.min() <= 1, (label, per_fold)
+    assert read_json(first_run / "reports" / "data" / "split.json")["cv_folds"] == 3
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def test_a_group_never_spans_two_splits(tmp_path: Path) -> None:
+    root = tmp_path / "subjects"
+    rows = []
+    for subject in range(30):
+        for index in range(6):
+            path = f"s{subject:02d}/img_{index}.png"
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(png_bytes(noise(subject * 10 + index)))
+            rows.append({"path": path, "label": f"c{index % 3}", "subject": f"subj{subject:02d}"})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    source = str(root / "manifest.csv")
+
+    work = tmp_path / "work"
+    overrides = {"data": {"source": source, "group_column": "subject"}}
+    run_stages(work, overrides, stages=("ingest", "validate", "split"))
+    split = read_split(work)
+    assert len(split) == 180
+    truth = {row["path"]: row["subject"] for row in rows}
+    assert (split["group"] == split["path"].map(truth)).all()
+    splits_per_group = split.groupby("group")["split"].nunique()
+    assert (splits_per_group == 1).all(), splits_per_group[splits_per_group > 1]
+    assert set(split["split"]) == {"train", "val", "test"}
+    report = read_json(work / "reports" / "data" / "split.json")
+    assert sum(report["groups"].values()) == 30
+
+    # control: the same rows split without the group column do mix subjects across splits
+    manifest = pd.DataFrame(rows).rename(columns={"subject": "group"})
+    ungrouped = assign_splits(manifest, DataConfig(), seed=42)
+    assert (ungrouped.groupby(manifest["group"]).nunique() > 1).any()
+
+
+# --------------------------------------------------------------------------- near duplicates
+
+
+def _near_duplicate_source(root: Path, pairs: int) -> list[tuple[str, str]]:
+    """3 classes x 20 noise images, plus `pairs` images saved twice (same pixels, other bytes)."""
+    for label in range(3):
+        for index in range(20):
+            path = root / f"c{label}" / f"noise_{index:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png_bytes(noise(1000 * label + index)))
+    planted = []
+    for index in range(pairs):
+        label = f"c{index % 3}"
+        pixels = noise(50_000 + index)
+        a, b = f"{label}/pair_{index:02d}_a.png", f"{label}/pair_{index:02d}_b.png"
+        (root / a).write_bytes(png_bytes(pixels, compress_level=9))
+        (root / b).write_bytes(png_bytes(pixels, compress_level=0))
+        assert (root / a).read_bytes() != (root / b).read_bytes()
+        planted.append((a, b))
+    return planted
+
+
+@pytest.mark.parametrize("pairs", [20, 0])
+def test_near_duplicates_across_splits_are_counted(tmp_path: Path, pairs: int) -> None:
+    planted = _near_duplicate_source(tmp_path / "source", pairs)
+    work = tmp_path / "work"
+    run_stages(
+        work, {"data": {"source": str(tmp_path / "source")}}, ("ingest", "validate", "split")
+    )
+
+    validation = read_json(work / "reports" / "data" / "validation.json")
+    assert validation["quarantined"] == 0  # not byte duplicates: validate keeps both copies
+    split = read_split(work)
+    where = dict(zip(split["path"], split["split"], strict=True))
+    straddling = {(a, b) for a, b in planted if where[a] != where[b]}
+    report = read_json(work / "reports" / "data" / "split.json")
+    assert report["near_duplicate_pairs_across_splits"] == len(straddling)
+    listed = {tuple(sorted((e["a"], e["b"]))) for e in report["near_duplicate_examples"]}
+    assert listed == straddling
+    if pairs:
+        assert len(straddling) >= 1
+    else:
+        assert report["near_duplicate_pairs_across_splits"] == 0
+
+
+# --------------------------------------------------------------------------- BatchAugment
+
+
+def _batch(n: int = 8, seed: int = 0) -> torch.Tensor:
+    """n copies of one asymmetric image (1 channel, 24x24) in [0, 1]."""
+    image = torch.zeros(1, 24, 24)
+    image[0, 4:12, 6:18] = 0.8
+    image[0, 14:20, 3:8] = 0.5
+    image += 0.1 * torch.rand(1, 24, 24, generator=torch.Generator().manual_seed(seed))
+    return image.clamp(0, 1).expand(n, 1, 24, 24).contiguous()
+
+
+NEUTRAL = {
+    "rotation": 0.0,
+    "scale": (1.0, 1.0),
+    "translate": 0.0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "noise_std": 0.0,
+    "erase_prob": 0.0,
+}
+
+
+def _augment(config: AugmentConfig, images: torch.Tensor, seed: int) -> torch.Tensor:
+    return BatchAugment(config)(images.clone(), torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "strength",
+    [
+        {},  # the committed defaults
+        {"rotation": 30.0},
+        {"scale": (0.7, 1.3)},
+        {"translate": 0.2},
+        {"brightness": 0.5},
+        {"contrast": 0.5},
+        {"noise_std": 0.05},
+        {"erase_prob": 1.0, "erase_scale": (0.1, 0.3)},
+    ],
+    ids=lambda s: ",".join(s) or "defaults",
+)
+def test_each_image_of_a_batch_gets_its_own_parameters(strength: dict[str, Any]) -> None:
+    config = AugmentConfig(**{**NEUTRAL, **strength}) if strength else AugmentConfig()
+    images = _batch()
+    output = _augment(config, images, seed=3)
+    assert output.shape == images.shape and output.dtype == images.dtype
+    assert float(output.min()) >= 0.0 and float(output.max()) <= 1.0
+    flat = output.reshape(len(output), -1)
+    distinct = {tuple(row.tolist()) for row in flat}
+    assert len(distinct) > 1, "every image of the batch was transformed the same way"
+    assert not torch.allclose(output, images)
+
+
+def test_strong_augmentation_stays_in_range_and_keeps_shape() -> None:
+    config = AugmentConfig(
+        rotation=180.0,
+        scale=(0.5, 2.0),
+        translate=0.5,
+        hflip=True,
+        vflip=True,
+        brightness=0.95,
+        contrast=0.95,
+        noise_std=1.0,
+        erase_prob=1.0,
+        erase_scale=(0.1, 0.5),
+        fill="reflection",
+    )
+    images = torch.rand(16, 3, 20, 28, generator=torch.Generator().manual_seed(1))
+    output = _augment(config, images, seed=5)
+    assert output.shape == images.shape
+    assert float(output.min()) >= 0.0 and float(output.max()) <= 1.0
+    assert torch.isfinite(output).all()
+
+
+def test_the_generator_seed_decides_the_output() -> None:
+    config = AugmentConfig()
+    images = _batch(seed=1)
+    assert torch.equal(_augment(config, images, seed=11), _augment(config, images, seed=11))
+    assert not torch.equal(_augment(config, images, seed=11), _augment(config, images, seed=12))
+
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    first = augment_uint8(as_uint8, config, torch.Generator().manual_seed(4), batch_size=3)
+    again = augment_uint8(as_uint8, config, torch.Generator().manual_seed(4), batch_size=3)
+    assert first.dtype == torch.uint8 and first.shape == as_uint8.shape
+    assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("fill", ["zeros", "border", "reflection"])
+def test_zero_strength_is_the_identity(fill: str) -> None:
+    config = AugmentConfig(**NEUTRAL, fill=fill)
+    images = torch.rand(8, 3, 17, 23, generator=torch.Generator().manual_seed(2))
+    output = _augment(config, images, seed=9)
+    assert output.shape == images.shape
+    assert torch.allclose(output, images, atol=1e-5, rtol=0)

@@ -1,0 +1,392 @@
+"""The validate stage on real files: every quarantine reason, mode conversion, safety and limits.
+
+No mocks: sources are real folders and CSV manifests on disk, run through the real ingest and
+validate functions (or their `python -m` entry points in a temporary repository copy).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import uuid
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tasks.config import DataConfig, Params, with_overrides
+from tasks.images import load_converted
+from tasks.ingest import ingest
+from tasks.validate import QUARANTINE_DIR, REASONS, VALIDATED_MANIFEST, validate, write_outputs
+from tests.conftest import REPO_ROOT, run, write_params
+
+GOOD_LABELS = ["cat", "dog"]
+TOKEN = "OUTSIDE-THE-ROOT-" + uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+def noise(seed: int, shape: tuple[int, ...] = (16, 16)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def data_config(**overrides: object) -> DataConfig:
+    """The real defaults with `overrides`, validated the way params.yaml overrides are."""
+    return with_overrides(Params(), {f"data.{k}": v for k, v in overrides.items()}).data
+
+
+def secret_png() -> bytes:
+    """A valid PNG carrying TOKEN in a text chunk, so any copy of it can be found."""
+    info = PngInfo()
+    info.add_text("secret", TOKEN)
+    return png_bytes(noise(999), pnginfo=info)
+
+
+def mode_images() -> dict[str, tuple[bytes, str]]:
+    """Valid images in modes validate must convert, not reject: name -> (bytes, PIL mode)."""
+    rgb = noise(101, (16, 16, 3))
+    palette = Image.fromarray(noise(102, (16, 16, 3))).quantize(colors=16)
+    buffer = io.BytesIO()
+    palette.save(buffer, "PNG")
+    rgba = np.dstack([noise(103, (16, 16, 3)), noise(104)])
+    la = np.dstack([noise(105), noise(106)])
+    gray16 = np.random.default_rng(107).integers(0, 65536, (16, 16)).astype(np.uint16)
+    cmyk = io.BytesIO()
+    Image.fromarray(noise(108, (16, 16, 3))).convert("CMYK").save(cmyk, "JPEG", quality=90)
+    bilevel = io.BytesIO()
+    Image.fromarray(noise(109) > 127).save(bilevel, "PNG")
+    return {
+        "palette.png": (buffer.getvalue(), "P"),
+        "rgba.png": (png_bytes(rgba, "RGBA"), "RGBA"),
+        "la.png": (png_bytes(la, "LA"), "LA"),
+        "gray16.png": (png_bytes(gray16), "I;16"),
+        "cmyk.jpg": (cmyk.getvalue(), "CMYK"),
+        "rgb.png": (png_bytes(rgb), "RGB"),
+        "bilevel.png": (bilevel.getvalue(), "1"),
+    }
+
+
+def build_source(tmp_path: Path, layout: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Plant good and bad files; returns (data.source, expected reason per path, mode per path).
+
+    An expected reason of '' means accepted.
+    """
+    root = tmp_path / "src"
+    outside = tmp_path / "outside"
+    write(outside / "secret.png", secret_png())
+    write(outside / "dir" / "inner.png", secret_png())
+
+    files: dict[str, bytes] = {}  # path under root -> bytes (written for both layouts)
+    labels: dict[str, str] = {}
+    expected: dict[str, str] = {}
+    modes: dict[str, str] = {}
+
+    def plant(path: str, data: bytes, reason: str, label: str | None = None) -> None:
+        files[path] = data
+        labels[path] = path.split("/")[0] if label is None else label
+        expected[path] = reason
+
+    for index in range(6):
+        for number, label in enumerate(GOOD_LABELS):
+            plant(f"{label}/good_{index}.png", png_bytes(noise(1000 + 10 * index + number)), "")
+    for number, (name, (data, mode)) in enumerate(sorted(mode_images().items())):
+        path = f"{GOOD_LABELS[number % 2]}/{name}"
+        plant(path, data, "")
+        modes[path] = mode
+
+    big_noise = png_bytes(noise(7, (64, 64)))
+    plant("cat/empty.png", b"", "undecodable")
+    plant("cat/truncated.png", big_noise[: len(big_noise) // 2], "undecodable")
+    plant("dog/text.png", b"this is a text file, not a PNG\n" * 4, "undecodable")
+    plant("cat/tiny.png", png_bytes(noise(8, (4, 4))), "too_small")
+    plant("dog/huge.png", png_bytes(noise(9, (200, 200))), "too_large")
+    plant("bird/stray.png", png_bytes(noise(10)), "unknown_label")
+    # exact duplicates, same label: the first in sorted path order is kept
+    duplicate = png_bytes(noise(11))
+    plant("dog/dup_b.png", duplicate, "duplicate")
+    plant("dog/dup_a.png", duplicate, "")
+    plant("dog/dup_c.png", duplicate, "duplicate")
+    # the same bytes under two labels: every copy quarantined
+    conflict = png_bytes(noise(12))
+    plant("cat/conflict.png", conflict, "label_conflict")
+    plant("dog/conflict.png", conflict, "label_conflict")
+    plant("dog/conflict_2.png", conflict, "label_conflict")
+
+    if layout == "folder":
+        plant("no_label.png", png_bytes(noise(13)), "unknown_label", label="")
+    else:
+        plant("misc/no_label.png", png_bytes(noise(13)), "unknown_label", label="")
+
+    for path, data in files.items():
+        write(root / path, data)
+    # symlinks that escape the root: to a file, and to a directory
+    (root / "cat" / "escape.png").symlink_to(outside / "secret.png")
+    (root / "cat" / "linkdir").symlink_to(outside / "dir", target_is_directory=True)
+    expected["cat/escape.png"] = "unsafe_path"
+    labels["cat/escape.png"] = "cat"
+
+    if layout == "folder":
+        expected["cat/linkdir"] = "unsafe_path"  # the folder itself is listed, never entered
+        return str(root), expected, modes
+
+    expected["cat/linkdir/inner.png"] = "unsafe_path"
+    labels["cat/linkdir/inner.png"] = "cat"
+    for path in ("../outside/secret.png", str(outside / "secret.png")):
+        expected[path] = "unsafe_path"
+        labels[path] = "cat"
+    expected["cat/missing.png"] = "undecodable"  # listed but absent
+    labels["cat/missing.png"] = "cat"
+    # list rows in reverse order: the kept duplicate must follow the sorted paths, not the CSV
+    rows = [{"path": path, "label": labels[path]} for path in sorted(expected, reverse=True)]
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return str(manifest), expected, modes
+
+
+# --------------------------------------------------------------------------- every reason
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("layout", ["folder", "manifest"])
+def test_every_bad_file_gets_exactly_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, channels: int
+) -> None:
+    source, expected, modes = build_source(tmp_path, layout)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out_dir = work / "data" / "raw"
+    files_dir = out_dir / "files"
+
+    manifest = ingest(source, {}, out_dir)
+    config = data_config(min_size=8, max_pixels=10_000, classes=GOOD_LABELS, channels=channels)
+    table = validate(manifest, config, files_dir=files_dir)
+    report = write_outputs(table, files_dir)
+
+    # every planted file is decided, each with exactly the expected reason
+    got = dict(zip(table["path"], table["reason"], strict=True))
+    assert sorted(got) == sorted(expected)
+    wrong = {path: (got[path], want) for path, want in expected.items() if got[path] != want}
+    assert not wrong, f"(got, expected) per path: {wrong}"
+    quarantined_good = [p for p, want in expected.items() if want == "" and got[p] != ""]
+    assert not quarantined_good
+    details = dict(zip(table["path"], table["detail"], strict=True))
+    assert all(details[p] for p, want in expected.items() if want), "a reason needs a detail"
+    assert "dog/dup_a.png" in details["dog/dup_b.png"]
+
+    # counts: accepted + quarantined == total, and the report's reasons are the exact tallies
+    want_reasons = Counter(reason for reason in expected.values() if reason)
+    assert report["total"] == len(expected)
+    assert report["accepted"] + report["quarantined"] == report["total"]
+    assert report["accepted"] == sum(1 for reason in expected.values() if reason == "")
+    assert report["reasons"] == {reason: want_reasons.get(reason, 0) for reason in REASONS}
+    assert set(want_reasons) == set(REASONS), "the fixture must exercise every reason"
+
+    accepted = pd.read_csv(VALIDATED_MANIFEST, dtype=str, keep_default_na=False)
+    assert sorted(accepted["path"]) == sorted(p for p, want in expected.items() if want == "")
+    quarantine = pd.read_csv(QUARANTINE_DIR / "manifest.csv", dtype=str, keep_default_na=False)
+    assert list(quarantine.columns) == ["path", "label", "reason", "detail"]
+    assert dict(zip(quarantine["path"], quarantine["reason"], strict=True)) == {
+        p: want for p, want in expected.items() if want
+    }
+    assert len(accepted) + len(quarantine) == len(expected)
+
+    # quarantined files that were copied in are kept for inspection, byte for byte
+    sha = dict(zip(table["path"], table["sha256"], strict=True))
+    for path in quarantine["path"]:
+        copy = work / "data" / "quarantine" / "files" / path
+        if sha[path]:
+            assert copy.read_bytes() == (files_dir / path).read_bytes(), path
+    for decodable in ("cat/tiny.png", "dog/huge.png", "dog/dup_b.png", "cat/conflict.png"):
+        assert (work / "data" / "quarantine" / "files" / decodable).is_file(), decodable
+
+    # other modes were accepted, their original mode recorded, and they convert to `channels`
+    recorded = dict(zip(table["path"], table["mode"], strict=True))
+    for path, mode in modes.items():
+        assert got[path] == "" and recorded[path] == mode, path
+        array = load_converted(files_dir / path, channels)
+        assert array.dtype == np.uint8 and array.shape == (16, 16, channels), path
+    assert set(table.loc[table["reason"] == "", "channels"]) == {channels}
+
+    # nothing outside the root was copied anywhere
+    for copied in work.rglob("*"):
+        if copied.is_file():
+            assert TOKEN.encode() not in copied.read_bytes(), copied
+
+
+# --------------------------------------------------------------------------- never opened
+
+FIFO_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tasks.config import DataConfig
+    from tasks.ingest import ingest
+    from tasks.validate import validate
+    out = Path("raw")
+    table = validate(ingest(sys.argv[1], {}, out), DataConfig(), files_dir=out / "files")
+    table[["path", "reason"]].to_csv("decided.csv", index=False)
+    """
+)
+
+
+@pytest.mark.parametrize("layout", ["folder", "manifest"])
+def test_no_file_outside_the_root_is_opened(tmp_path: Path, layout: str) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: finishing proves it was not."""
+    os.mkfifo(tmp_path / "pipe.png")
+    root = tmp_path / "src"
+    for index in range(3):
+        write(root / "cat" / f"good_{index}.png", png_bytes(noise(index)))
+    (root / "cat" / "pipe.png").symlink_to(tmp_path / "pipe.png")
+    source = str(root)
+    expected_unsafe = {"cat/pipe.png"}
+    if layout == "manifest":
+        rows = [f"cat/good_{index}.png,cat" for index in range(3)]
+        rows += ["cat/pipe.png,cat", "../pipe.png,cat"]
+        (root / "manifest.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+        source = str(root / "manifest.csv")
+        expected_unsafe.add("../pipe.png")
+
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", FIFO_SCRIPT, source],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("ingest/validate hung: a FIFO outside the source root was opened")
+    assert result.returncode == 0, result.stderr[-4000:]
+    decided = pd.read_csv(tmp_path / "decided.csv", dtype=str, keep_default_na=False)
+    reasons = dict(zip(decided["path"], decided["reason"], strict=True))
+    assert {p for p, r in reasons.items() if r == "unsafe_path"} == expected_unsafe
+    assert all(reasons[f"cat/good_{index}.png"] == "" for index in range(3))
+
+
+# --------------------------------------------------------------------------- decompression bomb
+
+
+def huge_gray_png(path: Path, side: int = 20_000) -> None:
+    """A side x side 8-bit grayscale PNG of zeros, streamed to disk without an image in memory."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(body, zlib.crc32(kind)) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * side  # filter type 0, then one byte per pixel
+    parts = [compressor.compress(row) for _ in range(side)]
+    idat = b"".join(parts) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n")
+        handle.write(chunk(b"IHDR", header))
+        handle.write(chunk(b"IDAT", idat))
+        handle.write(chunk(b"IEND", b""))
+
+
+MEASURE = textwrap.dedent(
+    """
+    import resource, subprocess, sys
+    result = subprocess.run([sys.executable, "-m", "tasks.validate"])
+    print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)
+    sys.exit(result.returncode)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_decompression_bomb_is_judged_from_its_header(repo: Path, tmp_path: Path) -> None:
+    source = tmp_path / "bomb-source"
+    huge_gray_png(source / "cat" / "bomb.png")
+    with Image.open(source / "cat" / "bomb.png") as image:  # a real PNG header
+        assert image.size == (20_000, 20_000) and image.mode == "L"
+    for index in range(6):
+        write(source / GOOD_LABELS[index % 2] / f"good_{index}.png", png_bytes(noise(index)))
+    write_params(repo, {"data": {"source": str(source)}})
+
+    run(["python", "-m", "tasks.ingest"], repo)
+    result = run(["python", "-c", MEASURE], repo)
+    peak_kib = int(result.stdout.split("maxrss_kib")[-1].split()[0])
+    assert peak_kib * 1024 < 500 * 10**6, f"validate peaked at {peak_kib / 1024:.0f} MiB"
+
+    quarantine = pd.read_csv(repo / "data" / "quarantine" / "manifest.csv", dtype=str)
+    reasons = dict(zip(quarantine["path"], quarantine["reason"], strict=True))
+    assert reasons == {"cat/bomb.png": "too_large"}
+    report = json.loads((repo / "reports" / "data" / "validation.json").read_text())
+    assert report["accepted"] == 6 and report["reasons"]["too_large"] == 1
+
+
+# ---------------------------------------------------------------- stage exit and warnings
+
+
+def _folder(root: Path, counts: dict[str, int], bad: int = 0) -> Path:
+    seed = 0
+    for label, count in counts.items():
+        for index in range(count):
+            seed += 1
+            write(root / label / f"img_{index:03d}.png", png_bytes(noise(seed)))
+    for index in range(bad):
+        write(root / GOOD_LABELS[index % 2] / f"bad_{index:03d}.png", b"not an image %d" % index)
+    return root
+
+
+@pytest.mark.parametrize(("good", "bad", "fails"), [(4, 6, True), (8, 2, False)])
+def test_too_much_quarantined_fails_the_stage(
+    repo: Path, tmp_path: Path, good: int, bad: int, fails: bool
+) -> None:
+    """6/10 rejected > 0.2 fails; 2/10 == 0.2 is exactly the limit and passes."""
+    source = _folder(tmp_path / "mostly-bad", {"cat": good // 2, "dog": good - good // 2}, bad)
+    write_params(repo, {"data": {"source": str(source), "max_quarantined_fraction": 0.2}})
+    run(["python", "-m", "tasks.ingest"], repo)
+    result = run(["python", "-m", "tasks.validate"], repo, check=False)
+
+    report = json.loads((repo / "reports" / "data" / "validation.json").read_text())
+    assert report["quarantined"] == bad and report["reasons"]["undecodable"] == bad
+    if fails:
+        assert result.returncode != 0
+        assert "data.max_quarantined_fraction" in result.stderr
+        assert "reports/data/validation.json" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "max_quarantined_fraction" not in result.stderr
+
+
+@pytest.mark.parametrize(("threshold", "warns"), [(3.0, True), (10.0, False)])
+def test_class_imbalance_warns(repo: Path, tmp_path: Path, threshold: float, warns: bool) -> None:
+    source = _folder(tmp_path / "imbalanced", {"cat": 10, "dog": 3})  # 3.3x
+    write_params(repo, {"data": {"source": str(source), "imbalance_warn": threshold}})
+    run(["python", "-m", "tasks.ingest"], repo)
+    result = run(["python", "-m", "tasks.validate"], repo)
+
+    assert ("class imbalance" in result.stderr) is warns, result.stderr[-3000:]
+    if warns:
+        assert "data.imbalance_warn=3.0" in result.stderr
+    report = json.loads((repo / "reports" / "data" / "validation.json").read_text())
+    assert report["class_balance"]["counts"] == {"cat": 10, "dog": 3}
