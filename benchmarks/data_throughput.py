@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks.common import report
 from tasks.augmentation import BatchAugment, torchvision_equivalent
 from tasks.config import load_params
-from tasks.ingest import RAW_FILES
+from tasks.datasets import PACKED_DIR, RAW_FILES, load_split
 from tasks.io import read_json
-from tasks.split import PACKED_DIR, SPLIT_FILE, load_split
+from tasks.split import SPLIT_FILE
 from tasks.train import PackedBatches
 
 EPOCHS = 3

@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks.common import report
 from tasks.config import load_params, with_overrides
+from tasks.datasets import PACKED_DIR, load_split
 from tasks.io import read_json
-from tasks.split import PACKED_DIR, load_split
 from tasks.tune import keep_ray_on_loopback, make_searcher, run_trial, start_ray
 
 EPOCHS = 9

@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from benchmarks.common import report
 from tasks.augmentation import BatchAugment
 from tasks.config import load_params
+from tasks.datasets import PACKED_DIR
 from tasks.io import read_json
-from tasks.split import PACKED_DIR
 from tasks.train import (
     Classifier,
     History,

@@ -15,9 +15,9 @@ import torch
 
 from benchmarks.common import report
 from tasks.config import load_params, with_overrides
+from tasks.datasets import PACKED_DIR, load_arrays
 from tasks.io import read_json
-from tasks.split import PACKED_DIR
-from tasks.train import fit_once, load_arrays
+from tasks.train import fit_once
 
 EPOCHS = 3
 

@@ -6,8 +6,8 @@ set up). Point ``PREFECT_API_URL`` at a Prefect server to see the runs in its UI
 DVC stays the single cache: every task runs ``dvc repro --single-item <stage>``, so a stage whose
 inputs did not change is skipped by DVC here exactly as under ``dvc repro``. Prefect adds retries
 with exponential backoff for transient failures (a stage exiting with EX_TEMPFAIL = 75, or DVC's
-repository lock being held), observability and, through deployments, schedules. This module knows
-nothing of tensors; it only reads the DAG and runs stages.
+repository lock being held) and observability; deployments and schedules are a later addition.
+This module knows nothing of tensors; it only reads the DAG and runs stages.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-EX_TEMPFAIL = 75  # stage mains exit with this on transient errors (network, S3, ...)
+EX_TEMPFAIL = 75  # tasks.cli.stage_main exits with this on transient errors (network, S3, ...)
 
 
 class StageFailed(RuntimeError):
@@ -60,24 +60,29 @@ def _dvc(arguments: list[str], repo_root: Path) -> subprocess.CompletedProcess[s
     return subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=False)
 
 
-@task(cache_policy=NO_CACHE)
+RETRIES = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_condition_fn": _is_transient,
+}
+
+
+@task(cache_policy=NO_CACHE, **RETRIES)
 def refresh_source(repo_root: str) -> str:
     """Re-fingerprint data.source so DVC sees files added to a folder or bucket outside the repo."""
     result = subprocess.run(
         [sys.executable, "-m", "tasks.source"], cwd=repo_root, capture_output=True, text=True
     )
     if result.returncode != 0:
-        raise StageFailed(result.stderr.strip() or result.stdout.strip())
+        message = result.stderr.strip() or result.stdout.strip()
+        if result.returncode == EX_TEMPFAIL:
+            raise TransientStageError(message)
+        raise StageFailed(message)
     get_run_logger().info(result.stdout.strip())
     return result.stdout.strip()
 
 
-@task(
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=_is_transient,
-)
+@task(cache_policy=NO_CACHE, **RETRIES)
 def run_stage(stage: str, repo_root: str) -> str:
     """Run one DVC stage; returns 'ran' or 'skipped' (DVC found it up to date)."""
     logger = get_run_logger()

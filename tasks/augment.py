@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from tasks.augmentation import augment_uint8
+from tasks.cli import stage_main
 from tasks.config import AugmentConfig, load_params_or_exit
-from tasks.split import PACKED_DIR, load_split
+from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_split
 
-AUGMENTED_DIR = Path("data/augmented")
 PREVIEW_FILE = Path("reports/augment/preview.png")
 
 
@@ -77,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

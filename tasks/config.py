@@ -182,6 +182,12 @@ class TuneSettings(Section):
             section, _, name = key.partition(".")
             if name not in sections[section].model_fields:
                 raise ValueError(f"tune.space.{key} names no {section} setting")
+        expected_mode = {"val_acc": "max", "val_loss": "min"}[self.metric]
+        if self.mode != expected_mode:
+            raise ValueError(
+                f"tune.mode must be {expected_mode!r} for tune.metric {self.metric}, "
+                f"got {self.mode!r}"
+            )
         if self.grace_period > self.max_epochs:
             raise ValueError(
                 f"tune.grace_period must be <= tune.max_epochs ({self.max_epochs}), "
@@ -202,6 +208,29 @@ class Params(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneSettings = Field(default_factory=TuneSettings)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _search_space_fits(self) -> Params:
+        """Every bound and choice in tune.space must be a value its setting accepts."""
+        for key, dimension in self.tune.flat_space().items():
+            section_name, _, name = key.partition(".")
+            section = getattr(self, section_name)
+            if dimension.type == "choice":
+                candidates = list(dimension.values or [])
+            elif dimension.type == "int":
+                candidates = [int(dimension.low or 0), int(dimension.high or 0)]
+            else:
+                candidates = [dimension.low, dimension.high]
+            for value in candidates:
+                try:
+                    type(section).model_validate({**section.model_dump(), name: value})
+                except ValidationError as error:
+                    problem = _describe(error.errors()[0], type(section))
+                    raise ValueError(
+                        f"tune.space.{key} allows {value!r}, which {key} does not accept "
+                        f"({section_name}.{problem})"
+                    ) from None
+        return self
 
 
 class ConfigError(ValueError):

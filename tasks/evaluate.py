@@ -20,10 +20,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from tasks.cli import stage_main
 from tasks.config import Params, load_params_or_exit
+from tasks.datasets import PACKED_DIR, load_split
 from tasks.io import read_json, write_json
 from tasks.models import MODEL_DIR, load_model, normalize, predict
-from tasks.split import PACKED_DIR, load_split
 
 METRICS_FILE = Path("reports/metrics.json")
 CONFUSION_FILE = Path("reports/plots/confusion.csv")
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -36,18 +36,17 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from tasks.cli import UserError, stage_main
 from tasks.config import load_params_or_exit
+from tasks.datasets import RAW_DIR, RAW_MANIFEST
 from tasks.io import filesystem_for, is_remote, strip_protocol
 
-RAW_DIR = Path("data/raw")
-RAW_FILES = RAW_DIR / "files"
-RAW_MANIFEST = RAW_DIR / "manifest.csv"
 MANIFEST_COLUMNS = ["path", "label", "group", "sha256", "bytes", "status", "detail"]
 DIGITS_SOURCE = "sklearn:digits"
 _CHUNK = 1 << 20
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The source itself cannot be read (missing folder, manifest without its columns, ...)."""
 
 
@@ -164,8 +163,14 @@ def list_manifest(
     """Rows of a `path,label` CSV manifest; returns the root (the CSV's folder) and the entries."""
     if not filesystem.isfile(manifest):
         raise SourceError(f"data.source: manifest {manifest!r} does not exist")
-    with filesystem.open(manifest, "rb") as handle:
-        table = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    try:
+        with filesystem.open(manifest, "rb") as handle:
+            table = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "empty"
+        raise SourceError(
+            f"data.source: manifest {manifest!r} is not a readable CSV ({first_line})"
+        ) from None
     missing_columns = {"path", "label", *([group_column] if group_column else [])} - set(
         table.columns
     )
@@ -285,4 +290,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tasks.config import Params
+from tasks.datasets import require
 from tasks.io import read_json, write_json
 from tasks.networks import build_network
 
@@ -53,6 +54,7 @@ def save_model(
 
 def load_model(directory: Path = MODEL_DIR) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from model.json and load its safetensors weights (eval mode)."""
+    require(directory / "model.json", directory / "model.safetensors")
     info = read_json(directory / "model.json")
     network = build_network(
         info["arch"],

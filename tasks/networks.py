@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.cli import UserError
+
 SMALL_INPUT = 64  # images up to this size get the small-image ResNet stem
 
 
@@ -35,7 +37,7 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class CompactCNN(nn.Module):
     """A small VGG-style CNN for small images (8 to 64 px): three stages, global average pool.
 
-    Global pooling makes it independent of the input size; about 0.3M parameters at width 32.
+    Global pooling makes it independent of the input size; about 0.14M parameters at width 32.
     """
 
     stem_key = "features.0.0.weight"
@@ -118,7 +120,7 @@ def set_backbone_trainable(network: nn.Module, trainable: bool) -> None:
 # --------------------------------------------------------------------------- pretrained weights
 
 
-class PretrainedMismatch(ValueError):
+class PretrainedMismatch(UserError, ValueError):
     """The pretrained weights do not fit the configured architecture."""
 
 
@@ -133,7 +135,7 @@ def read_state_dict(
     filesystem = filesystem_for(uri, storage_options)
     path = strip_protocol(uri) if is_remote(uri) else uri
     if not filesystem.exists(path):
-        raise FileNotFoundError(f"model.pretrained: {uri!r} does not exist")
+        raise PretrainedMismatch(f"model.pretrained: {uri!r} does not exist")
     with filesystem.open(path, "rb") as handle:
         payload = handle.read()
     if uri.endswith(".safetensors"):
@@ -187,8 +189,14 @@ def load_pretrained(network: nn.Module, state: dict[str, torch.Tensor], source: 
     if stem in given and stem in wanted and given[stem].shape != wanted[stem].shape:
         given[stem] = _adapt_stem(given[stem], wanted[stem].shape)
         adapted.append(stem)
-    missing = sorted(set(wanted) - set(given))
-    unexpected = sorted(set(given) - set(wanted))
+
+    # BatchNorm's step counter is bookkeeping, absent from older checkpoints (torchvision's V1
+    # ImageNet weights): never a mismatch on its own
+    def counts(key: str) -> bool:
+        return not key.endswith("num_batches_tracked")
+
+    missing = sorted(filter(counts, set(wanted) - set(given)))
+    unexpected = sorted(filter(counts, set(given) - set(wanted)))
     wrong_shape = [
         f"{k} {tuple(given[k].shape)} vs {tuple(wanted[k].shape)}"
         for k in sorted(set(wanted) & set(given))
@@ -209,5 +217,5 @@ def load_pretrained(network: nn.Module, state: dict[str, torch.Tensor], source: 
         raise PretrainedMismatch(
             f"model.pretrained: {source!r} does not fit this architecture; " + "; ".join(problems)
         )
-    network.load_state_dict({**own, **given})
+    network.load_state_dict({**own, **{k: v for k, v in given.items() if k in wanted}})
     return adapted

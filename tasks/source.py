@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tasks.cli import stage_main
 from tasks.config import load_params_or_exit
-from tasks.ingest import DIGITS_SOURCE, SourceError
+from tasks.ingest import DIGITS_SOURCE, SourceError, list_manifest
 from tasks.io import filesystem_for, is_remote, read_json, strip_protocol, write_json
 
 SOURCE_FILE = Path("data/source.json")
@@ -33,27 +34,59 @@ def _listing(source: str, storage_options: dict[str, Any]) -> list[tuple[str, ..
         digits = load_digits()
         content = hashlib.sha256(digits.data.tobytes() + digits.target.tobytes()).hexdigest()
         return [("sklearn", sklearn.__version__, content)]
+    if source.lower().endswith(".csv"):
+        return _manifest_listing(source, storage_options)
     if is_remote(source):
         filesystem = filesystem_for(source, storage_options)
-        path = strip_protocol(source).rstrip("/")
-        root = path.rsplit("/", 1)[0] if path.lower().endswith(".csv") else path
+        root = strip_protocol(source).rstrip("/")
         details = filesystem.find(root, detail=True)
         if not details:
             raise SourceError(f"data.source: nothing found at {source!r}")
-        return sorted(
-            (key, str(info.get("size")), str(info.get("ETag") or info.get("etag") or ""))
-            for key, info in details.items()
-        )
-    root = (os.path.dirname(source) or ".") if source.lower().endswith(".csv") else source
-    if not os.path.exists(source):
-        raise SourceError(f"data.source: {source!r} does not exist")
+        return sorted((key, *_version(info)) for key, info in details.items())
+    if not os.path.isdir(source):
+        raise SourceError(f"data.source: {source!r} is not a folder")
     listing = []
-    for directory, _folders, files in os.walk(root):
+    for directory, folders, files in os.walk(source):
+        folders[:] = [name for name in folders if not name.startswith(".")]  # as ingest does
         for name in files:
+            if name.startswith("."):
+                continue
             full = os.path.join(directory, name)
             stat = os.lstat(full)
-            relative = os.path.relpath(full, root)
+            relative = os.path.relpath(full, source)
             listing.append((relative, str(stat.st_size), str(stat.st_mtime_ns)))
+    return sorted(listing)
+
+
+def _version(info: dict[str, Any]) -> tuple[str, str]:
+    """Size and a change marker (S3's ETag, or the modification time) of one listed object."""
+    marker = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return str(info.get("size")), str(marker or "")
+
+
+def _manifest_listing(source: str, storage_options: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The manifest itself plus exactly the files it lists (not everything beside it)."""
+    remote = is_remote(source)
+    filesystem = filesystem_for(source, storage_options)
+    manifest = strip_protocol(source) if remote else source
+    root, entries = list_manifest(filesystem, manifest, remote)
+    if remote:
+        details = filesystem.find(root, detail=True)
+        listing = [("<manifest>", *_version(filesystem.info(manifest)))]
+    else:
+        details = {}
+        stat = os.stat(manifest)
+        listing = [("<manifest>", str(stat.st_size), str(stat.st_mtime_ns))]
+    for entry in entries:
+        if entry.status != "ok":  # never stat a path that leaves the root
+            listing.append((entry.path, entry.status))
+        elif remote:
+            listing.append(
+                (entry.path, *_version(details.get(f"{root.rstrip('/')}/{entry.path}", {})))
+            )
+        else:
+            stat = os.stat(os.path.join(root, entry.path))
+            listing.append((entry.path, str(stat.st_size), str(stat.st_mtime_ns)))
     return sorted(listing)
 
 
@@ -84,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -16,6 +16,7 @@ Run on its own with ``python -m tasks.split`` (after validate).
 from __future__ import annotations
 
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,26 +24,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import (
-    GroupShuffleSplit,
     StratifiedGroupKFold,
     StratifiedKFold,
     train_test_split,
 )
 from tqdm import tqdm
 
+from tasks.cli import UserError, stage_main
 from tasks.config import DataConfig, Params, load_params_or_exit
+from tasks.datasets import PACKED_DIR, RAW_FILES, SPLITS, VALIDATED_MANIFEST, require
 from tasks.images import load_converted, resize
-from tasks.ingest import RAW_FILES
 from tasks.io import write_json
-from tasks.validate import VALIDATED_MANIFEST
 
 SPLIT_FILE = Path("data/splits/split.csv")
 SPLIT_REPORT = Path("reports/data/split.json")
-PACKED_DIR = Path("data/packed")
-SPLITS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """The accepted data cannot be split as configured."""
 
 
@@ -64,28 +62,59 @@ def assign_splits(manifest: pd.DataFrame, data: DataConfig, seed: int) -> pd.Ser
             raise SplitError(
                 f"split: some images have no value in data.group_column={data.group_column!r}"
             )
-        if len(np.unique(groups)) < 3:
-            raise SplitError("split: data.group_column needs at least 3 distinct groups")
-        first = GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=seed)
-        train_idx, rest_idx = next(first.split(indices, labels, groups))
-        second = GroupShuffleSplit(
-            n_splits=1, test_size=data.test_fraction / held_out, random_state=seed
+        train_idx, rest_idx = _group_split(indices, labels, groups, held_out, seed)
+        val_part, test_part = _group_split(
+            np.arange(len(rest_idx)),
+            labels[rest_idx],
+            groups[rest_idx],
+            data.test_fraction / held_out,
+            seed,
         )
-        val_part, test_part = next(second.split(rest_idx, labels[rest_idx], groups[rest_idx]))
         val_idx, test_idx = rest_idx[val_part], rest_idx[test_part]
     else:
-        train_idx, rest_idx = train_test_split(
-            indices, test_size=held_out, stratify=labels, random_state=seed
-        )
-        val_idx, test_idx = train_test_split(
-            rest_idx,
-            test_size=data.test_fraction / held_out,
-            stratify=labels[rest_idx],
-            random_state=seed,
-        )
+        try:
+            train_idx, rest_idx = train_test_split(
+                indices, test_size=held_out, stratify=labels, random_state=seed
+            )
+            val_idx, test_idx = train_test_split(
+                rest_idx,
+                test_size=data.test_fraction / held_out,
+                stratify=labels[rest_idx],
+                random_state=seed,
+            )
+        except ValueError as error:  # a class too small for the fractions
+            raise SplitError(
+                f"split: cannot stratify {len(manifest)} images over {len(counts)} classes "
+                f"with data.val_fraction={data.val_fraction} and "
+                f"data.test_fraction={data.test_fraction} ({error}); add images to the "
+                "smallest classes or raise the fractions"
+            ) from None
     split = np.empty(len(manifest), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     return pd.Series(split, index=manifest.index, name="split")
+
+
+def _group_split(
+    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out about `fraction` of the images, whole groups only, keeping class proportions.
+
+    One fold of a seeded StratifiedGroupKFold with k = round(1 / fraction) folds, so the held-out
+    share is rounded to 1/k (0.3 -> 1/3, 0.5 -> 1/2).
+    """
+    folds = max(2, round(1 / fraction))
+    distinct = len(np.unique(groups))
+    if distinct < folds:
+        raise SplitError(
+            f"split: data.group_column gives {distinct} group(s) where at least {folds} are "
+            "needed to hold out whole groups for validation and test; add groups, raise "
+            "data.val_fraction/data.test_fraction, or unset data.group_column"
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        keep, held = next(splitter.split(indices, labels, groups))
+    return indices[keep], indices[held]
 
 
 def pack(paths: list[str], data: DataConfig, files_dir: Path = RAW_FILES) -> np.ndarray:
@@ -239,13 +268,9 @@ def _natural_key(label: str) -> tuple[int, Any]:
     return (0, int(label)) if label.isdigit() else (1, label)
 
 
-def load_split(name: str, packed_dir: Path = PACKED_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """The packed images (N, C, H, W uint8) and integer labels of one split."""
-    return np.load(packed_dir / f"{name}_x.npy"), np.load(packed_dir / f"{name}_y.npy")
-
-
 def main() -> None:
     params = load_params_or_exit()
+    require(VALIDATED_MANIFEST)
     manifest = pd.read_csv(
         VALIDATED_MANIFEST, dtype={"path": str, "label": str, "group": str}, keep_default_na=False
     )
@@ -268,4 +293,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

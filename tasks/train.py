@@ -38,9 +38,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 from tqdm import tqdm
 
-from tasks.augment import AUGMENTED_DIR
 from tasks.augmentation import BatchAugment
+from tasks.cli import stage_main
 from tasks.config import Params, load_params_or_exit, with_overrides
+from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_arrays, require
 from tasks.io import read_json, write_json
 from tasks.models import MODEL_DIR, params_hash, save_model
 from tasks.networks import (
@@ -49,7 +50,6 @@ from tasks.networks import (
     read_state_dict,
     set_backbone_trainable,
 )
-from tasks.split import PACKED_DIR, load_split
 from tasks.tune import BEST_PARAMS, read_best_params
 
 TRAIN_REPORT = Path("reports/train.json")
@@ -103,6 +103,11 @@ class PackedBatches:
             order = torch.randperm(len(self.labels), generator=generator)
         else:
             order = torch.arange(len(self.labels))
+        if self.world_size > 1 and len(order):
+            # every rank must run the same number of steps (DDP hangs otherwise): pad the order
+            # by repeating its start, as torch's DistributedSampler does
+            pad = (-len(order)) % self.world_size
+            order = torch.cat([order, order.repeat(pad // len(order) + 1)[:pad]])
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
@@ -143,14 +148,6 @@ class PackedDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> PackedBatches:
         return self._batches("test", shuffle=False)
-
-
-def load_arrays(packed_dir: Path = PACKED_DIR, augmented_dir: Path = AUGMENTED_DIR) -> dict:
-    """The train split (with its offline-augmented copies when there are any), val and test."""
-    arrays = {name: load_split(name, packed_dir) for name in ("train", "val", "test")}
-    if (augmented_dir / "train_x.npy").exists():
-        arrays["train"] = load_split("train", augmented_dir)
-    return arrays
 
 
 # --------------------------------------------------------------------------- model
@@ -326,6 +323,10 @@ def _trainer(
     steps_per_epoch: int = 1,
 ) -> L.Trainer:
     train = params.train
+    strategy = train.strategy if distributed else "auto"
+    if strategy == "ddp" and params.model.freeze_backbone:
+        # a frozen backbone gets no gradients; plain DDP would stop at the first step
+        strategy = "ddp_find_unused_parameters_true"
     on_cpu = train.accelerator == "cpu" or (
         train.accelerator == "auto" and not torch.cuda.is_available()
     )
@@ -333,7 +334,7 @@ def _trainer(
         max_epochs=train.max_epochs,
         accelerator=train.accelerator,
         devices=train.devices if distributed else 1,
-        strategy=train.strategy if distributed else "auto",
+        strategy=strategy,
         num_nodes=train.num_nodes if distributed else 1,
         precision=train.precision,
         deterministic=True if on_cpu else "warn",
@@ -419,10 +420,19 @@ def _resume_point(fingerprint: str, checkpoint_dir: Path) -> Path | None:
 def cross_validate(
     params: Params, arrays: dict, meta: dict[str, Any], folds: np.ndarray
 ) -> dict[str, Any]:
-    """k-fold CV over train+val; an image's augmented copies stay in its fold."""
+    """k-fold CV over train+val; an image's augmented copies stay in its fold.
+
+    `folds` assigns a fold to every original train image, then every val image (split's order);
+    `arrays["train"]` holds the train originals first, then their augmented copies.
+    """
     train_x, train_y = arrays["train"]
     val_x, val_y = arrays["val"]
-    n_train_originals = len(load_split("train", PACKED_DIR)[1])
+    n_train_originals = len(folds) - len(val_y)
+    if n_train_originals <= 0 or len(train_y) % n_train_originals:
+        raise ValueError(
+            f"cv: data/packed/folds.npy ({len(folds)} entries) does not match the train "
+            f"({len(train_y)}) and val ({len(val_y)}) arrays; re-run the split stage"
+        )
     pool_x = np.concatenate([train_x[:n_train_originals], val_x])
     pool_y = np.concatenate([train_y[:n_train_originals], val_y])
     copies_x = train_x[n_train_originals:]
@@ -482,6 +492,7 @@ def train(
 
     Returns the training report on the global-zero process, None on other DDP ranks.
     """
+    require(packed_dir / "meta.json")
     meta = read_json(packed_dir / "meta.json")
     arrays = load_arrays(packed_dir, augmented_dir)
 
@@ -582,4 +593,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.augment import AUGMENTED_DIR
+from tasks.cli import stage_main
 from tasks.config import Params, SearchDimension, load_params_or_exit, with_overrides
+from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_split, require
 from tasks.io import read_json, write_json
-from tasks.split import PACKED_DIR, load_split
 
 TUNE_DIR = Path("models/tune")
 BEST_PARAMS = TUNE_DIR / "best_params.yaml"
@@ -316,6 +316,7 @@ def tune_search(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     root = (root or Path.cwd()).resolve()
+    require(packed_dir / "meta.json")
     meta = read_json(packed_dir / "meta.json")
     arrays = load_tuning_arrays(packed_dir, augmented_dir, params.train.cv_folds)
     storage = (root / SEARCH_DIR).resolve()
@@ -335,6 +336,10 @@ def tune_search(
 
     start_ray(settings.address, root)
     base = params.model_dump(mode="json")
+    pretrained = params.model.pretrained
+    if pretrained and "://" not in pretrained and not os.path.isabs(pretrained):
+        # trials run in their own folders (and perhaps on other nodes of a shared filesystem)
+        base["model"]["pretrained"] = str((root / pretrained).resolve())
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, arrays=arrays, meta=meta),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
@@ -375,10 +380,17 @@ def tune_search(
         )
     results = tuner.fit()
     finished = sum(1 for r in results if r.error is None and r.metrics)
-    if len(results) < settings.num_samples or any(r.metrics is None for r in results):
+    unfinished = any(r.metrics is None and r.error is None for r in results)
+    if len(results) < settings.num_samples or unfinished:
         raise SystemExit(
             f"tune: search interrupted ({finished}/{settings.num_samples} trials finished); "
             "run again to resume it"
+        )
+    if finished == 0:
+        first_error = next((str(r.error) for r in results if r.error is not None), "no metrics")
+        raise SystemExit(
+            f"tune: every trial failed; the first error: {first_error.strip().splitlines()[-1]} "
+            f"(trial logs under {experiment})"
         )
     best = results.get_best_result(metric=settings.metric, mode=settings.mode, scope="all")
     table = trials_table(results, settings.metric, settings.mode)
@@ -431,4 +443,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

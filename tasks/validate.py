@@ -24,12 +24,12 @@ import pandas as pd
 import pandera.pandas as pa
 from tqdm import tqdm
 
+from tasks.cli import UserError, stage_main
 from tasks.config import DataConfig, load_params_or_exit
+from tasks.datasets import RAW_FILES, RAW_MANIFEST, VALIDATED_MANIFEST, require
 from tasks.images import UndecodableImage, load_converted, probe
-from tasks.ingest import RAW_FILES, RAW_MANIFEST
 from tasks.io import write_json
 
-VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
 QUARANTINE_DIR = Path("data/quarantine")
 REPORT_DIR = Path("reports/data")
 REASONS = (
@@ -43,7 +43,7 @@ REASONS = (
 )
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(UserError, RuntimeError):
     """Too much of the data was rejected to go on."""
 
 
@@ -290,6 +290,7 @@ def plot_report(table: pd.DataFrame, report: dict[str, Any], files_dir: Path = R
 
 def main() -> None:
     params = load_params_or_exit()
+    require(RAW_MANIFEST)
     manifest = pd.read_csv(RAW_MANIFEST, dtype=str, keep_default_na=False)
     table = validate(manifest, params.data)
     report = write_outputs(table)
@@ -317,4 +318,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

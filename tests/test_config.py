@@ -62,6 +62,20 @@ def test_wrong_type_and_choice(tmp_path: Path) -> None:
     assert "data.channels must be one of" in message and "got 2" in message
 
 
+def test_tune_metric_and_mode_must_agree(tmp_path: Path) -> None:
+    message = _error(tmp_path, {"tune": {"metric": "val_loss", "mode": "max"}})
+    assert "tune.mode must be 'min' for tune.metric val_loss, got 'max'" in message
+
+
+def test_search_space_values_must_be_valid_settings(tmp_path: Path) -> None:
+    space = {"model": {"dropout": {"type": "uniform", "low": 0.1, "high": 1.5}}}
+    message = _error(tmp_path, {"tune": {"space": space}})
+    assert "tune.space.model.dropout allows 1.5" in message and "< 1" in message
+    space = {"model": {"arch": {"type": "choice", "values": ["cnn", "vgg"]}}}
+    message = _error(tmp_path, {"tune": {"space": space}})
+    assert "tune.space.model.arch allows 'vgg'" in message
+
+
 def test_fractions_must_leave_training_data(tmp_path: Path) -> None:
     message = _error(tmp_path, {"data": {"val_fraction": 0.5, "test_fraction": 0.45}})
     assert "data.val_fraction + data.test_fraction must be < 0.9" in message

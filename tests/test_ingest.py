@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -534,12 +535,27 @@ def test_fingerprint_sees_an_edit_and_a_removal(tmp_path: Path) -> None:
     assert removed["fingerprint"] not in {before["fingerprint"], edited["fingerprint"]}
 
 
-def test_fingerprint_of_a_manifest_covers_its_folder(tmp_path: Path) -> None:
+def test_fingerprint_of_a_manifest_covers_exactly_its_rows(tmp_path: Path) -> None:
+    """Files the manifest does not list (the rest of a repo, other data sets) do not count."""
     manifest_path, _ = _manifest_tree(tmp_path)
     before = fingerprint(str(manifest_path), {})
     assert before["fingerprint"] == fingerprint(str(manifest_path), {})["fingerprint"]
-    write_png(manifest_path.parent / "imgs" / "new.png", 70)
-    assert fingerprint(str(manifest_path), {})["fingerprint"] != before["fingerprint"]
+    write_png(manifest_path.parent / "imgs" / "unlisted.png", 70)
+    assert fingerprint(str(manifest_path), {})["fingerprint"] == before["fingerprint"]
+    time.sleep(0.01)
+    write_png(manifest_path.parent / "imgs" / "b.png", 71)  # a listed file changes
+    edited = fingerprint(str(manifest_path), {})
+    assert edited["fingerprint"] != before["fingerprint"]
+    with manifest_path.open("a") as handle:  # a row is added
+        handle.write("imgs/unlisted.png,beta\n")
+    assert fingerprint(str(manifest_path), {})["fingerprint"] != edited["fingerprint"]
+
+
+def test_a_manifest_that_is_not_csv_is_one_clear_error(tmp_path: Path) -> None:
+    manifest = tmp_path / "broken.csv"
+    manifest.write_bytes(b'path,label\n"a.png,x\nb.png,y,z,w\n')
+    with pytest.raises(SourceError, match="not a readable CSV"):
+        ingest(str(manifest), {}, out_dir=tmp_path / "raw")
 
 
 def test_fingerprint_of_digits_is_stable() -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 from tasks.augmentation import BatchAugment, augment_uint8
 from tasks.config import AugmentConfig, DataConfig
 from tasks.ingest import write_digits
-from tasks.split import assign_splits
+from tasks.split import SplitError, assign_splits
 from tests.conftest import REPO_ROOT, merge, run
 
 PER_CLASS = 50  # digits per class in the shared run: 500 images, ~5 s per full pipeline run
@@ -218,6 +218,43 @@ def test_a_group_never_spans_two_splits(tmp_path: Path) -> None:
     manifest = pd.DataFrame(rows).rename(columns={"subject": "group"})
     ungrouped = assign_splits(manifest, DataConfig(), seed=42)
     assert (ungrouped.groupby(manifest["group"]).nunique() > 1).any()
+
+
+def _grouped_manifest(groups: int, per_group: int, classes: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"path": f"g{g}/{i}.png", "label": f"c{(g + i) % classes}", "group": f"g{g}"}
+            for g in range(groups)
+            for i in range(per_group)
+        ]
+    )
+
+
+def test_grouped_split_is_stratified_and_keeps_groups_whole() -> None:
+    manifest = _grouped_manifest(groups=40, per_group=6, classes=3)
+    data = DataConfig(group_column="group", val_fraction=0.15, test_fraction=0.15)
+    split = assign_splits(manifest, data, seed=3)
+    assert (split.groupby(manifest["group"]).nunique() == 1).all()
+    for name in ("val", "test"):
+        shares = manifest.loc[split == name, "label"].value_counts(normalize=True)
+        assert set(shares.index) == {"c0", "c1", "c2"}, name
+        assert (abs(shares - 1 / 3) < 0.1).all(), (name, shares)
+    assert 0.6 <= (split == "train").mean() <= 0.75
+
+
+def test_too_few_groups_is_a_clear_error() -> None:
+    manifest = _grouped_manifest(groups=3, per_group=5, classes=3)
+    with pytest.raises(SplitError, match=r"data\.group_column gives \d+ group"):
+        assign_splits(manifest, DataConfig(group_column="group"), seed=0)
+
+
+def test_classes_too_small_for_the_fractions_are_a_clear_error() -> None:
+    labels = [f"c{i % 4}" for i in range(60)]
+    manifest = pd.DataFrame({"path": [f"{i}.png" for i in range(60)], "label": labels})
+    manifest["group"] = ""
+    data = DataConfig(val_fraction=0.02, test_fraction=0.02)  # 3 held-out images, 4 classes
+    with pytest.raises(SplitError, match="cannot stratify 60 images over 4 classes"):
+        assign_splits(manifest, data, seed=0)
 
 
 # --------------------------------------------------------------------------- near duplicates

@@ -109,7 +109,7 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 
 def test_missing_pretrained_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nothing-here\.safetensors"):
+    with pytest.raises(PretrainedMismatch, match=r"nothing-here\.safetensors"):
         read_state_dict(str(tmp_path / "nothing-here.safetensors"))
 
 
@@ -130,15 +130,11 @@ def test_packed_batches_shard_disjointly_and_cover_every_image() -> None:
     assert first != torch.cat([y for _x, y in again]).tolist(), "each epoch reshuffles"
 
 
-def test_cross_validation_reports_every_fold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cross_validation_reports_every_fold(tmp_path: Path) -> None:
+    """Reads nothing from disk (it also runs inside Ray trials, in their own folders)."""
     arrays = _toy_arrays(48)
-    packed = tmp_path / "data" / "packed"
-    packed.mkdir(parents=True)
-    np.save(packed / "train_x.npy", arrays["train"][0])
-    np.save(packed / "train_y.npy", arrays["train"][1])
-    monkeypatch.chdir(tmp_path)
+    images, labels = arrays["train"]
+    arrays["train"] = (np.concatenate([images, images]), np.concatenate([labels, labels]))
     params = _params(
         train={"max_epochs": 1, "cv_folds": 3, "accelerator": "cpu"}, model={"width": 8}
     )
@@ -146,6 +142,38 @@ def test_cross_validation_reports_every_fold(
     summary = cross_validate(params, arrays, META, folds)
     assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
     assert 0.0 <= summary["mean"]["val_acc"] <= 1.0 and summary["std"]["val_acc"] >= 0.0
+    with pytest.raises(ValueError, match=r"folds\.npy"):
+        cross_validate(params, arrays, META, folds[:50])
+
+
+def test_ddp_shards_have_equal_batch_counts() -> None:
+    """DDP ranks must run the same number of steps, or the ranks wait for each other forever."""
+    images = torch.arange(11).view(11, 1, 1, 1).to(torch.uint8)
+    labels = torch.arange(11)
+    for batch_size in (1, 2, 3, 5):
+        shards = [
+            PackedBatches(images, labels, batch_size, shuffle, seed=0, rank=rank, world_size=2)
+            for rank in range(2)
+            for shuffle in (True, False)
+        ]
+        batches = [list(shard) for shard in shards]
+        assert len({len(b) for b in batches}) == 1, batch_size
+        assert {len(shard) for shard in shards} == {len(batches[0])}, "len() matches iteration"
+    ranks = [PackedBatches(images, labels, 4, True, 0, rank, 2) for rank in range(2)]
+    seen = [torch.cat([y for _x, y in shard]).tolist() for shard in ranks]
+    assert sorted(set(seen[0]) | set(seen[1])) == list(range(11)), "every image is seen"
+
+
+def test_v1_weights_without_batchnorm_counters_load(tmp_path: Path) -> None:
+    """torchvision's V1 ImageNet state dicts have no `num_batches_tracked` entries."""
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state = {k: v.contiguous() for k, v in state.items() if "num_batches_tracked" not in k}
+    path = tmp_path / "resnet18_v1.pt"
+    torch.save(state, path)
+    params = _params(model={"arch": "resnet18", "pretrained": str(path)})
+    loaded = make_network(params, META).state_dict()
+    assert torch.equal(loaded["layer2.0.bn1.running_var"], state["layer2.0.bn1.running_var"])
 
 
 def test_network_output_shapes_for_each_arch() -> None:

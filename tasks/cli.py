@@ -1,0 +1,78 @@
+"""How every stage's ``main()`` ends: one clear line for a user's mistake, exit 75 for a blip.
+
+- A :class:`UserError` (bad data source, a split that cannot be made, weights that do not fit,
+  a missing upstream output, a bad override) or a :class:`~tasks.config.ConfigError` prints
+  ``error: <what is wrong and what to do>`` and exits 1: no traceback, nothing to retry.
+- A transient error (a refused or reset connection, a timeout, S3 endpoint trouble) prints
+  ``error (transient): ...`` and exits 75 (EX_TEMPFAIL), which the Prefect flow retries with
+  backoff.
+- Anything else is a bug: the traceback is shown as usual.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Callable
+
+EX_TEMPFAIL = 75
+
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EPIPE,
+}
+_TRANSIENT_NAMES = {  # by name, so botocore / aiohttp need not be imported to recognise them
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ClientOSError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+}
+
+
+class UserError(Exception):
+    """A problem with the user's data, settings or files, phrased as the line to show."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when `error` (or anything in its cause chain) is a network or timeout problem."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError):
+            return True
+        if type(current).__name__ in _TRANSIENT_NAMES:
+            return True
+        if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def stage_main(main: Callable[[], None]) -> None:
+    """Run a stage's main() and turn known failures into one line and an exit code."""
+    from tasks.config import ConfigError
+
+    try:
+        main()
+    except (UserError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        print(
+            f"error (transient, a retry may succeed): {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EX_TEMPFAIL) from None

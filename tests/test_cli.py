@@ -1,0 +1,98 @@
+"""How stages fail: one line for a user's mistake, exit 75 (retried by the flow) for a blip."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+import pytest
+
+from tasks.cli import EX_TEMPFAIL, UserError, is_transient, stage_main
+from tests.conftest import run, write_params
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # released on close: nothing listens there
+
+
+def test_transient_errors_are_recognised_through_their_causes() -> None:
+    assert is_transient(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    assert is_transient(TimeoutError("slow"))
+    assert is_transient(OSError(errno.ECONNRESET, "reset"))
+    try:
+        try:
+            raise ConnectionResetError("peer went away")
+        except ConnectionResetError as inner:
+            raise RuntimeError("upload failed") from inner
+    except RuntimeError as outer:
+        assert is_transient(outer)
+    assert not is_transient(ValueError("bad value"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
+
+
+def test_stage_main_turns_a_user_error_into_one_line(capsys: pytest.CaptureFixture) -> None:
+    def main() -> None:
+        raise UserError("data.source: 'x' does not exist")
+
+    with pytest.raises(SystemExit) as caught:
+        stage_main(main)
+    assert caught.value.code == 1
+    assert capsys.readouterr().err == "error: data.source: 'x' does not exist\n"
+
+
+def test_stage_main_exits_75_on_a_network_failure(capsys: pytest.CaptureFixture) -> None:
+    def main() -> None:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    with pytest.raises(SystemExit) as caught:
+        stage_main(main)
+    assert caught.value.code == EX_TEMPFAIL
+    assert "transient" in capsys.readouterr().err
+
+
+def test_stage_main_lets_bugs_show_their_traceback() -> None:
+    def main() -> None:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        stage_main(main)
+
+
+def test_unreachable_s3_endpoint_exits_75(repo: Path) -> None:
+    """A real ingest against an S3 endpoint where nothing listens: transient, so retryable."""
+    options = {"endpoint_url": f"http://127.0.0.1:{_closed_port()}"}
+    write_params(repo, {"data": {"source": "s3://bucket/x", "storage_options": options}})
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_MAX_ATTEMPTS": "1"}
+    result = run(["python", "-m", "tasks.ingest"], repo, check=False, env=env)
+    assert result.returncode == EX_TEMPFAIL, result.stderr[-3000:]
+    assert "error (transient" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stages_run_out_of_order_name_the_missing_input(repo: Path) -> None:
+    for stage, missing in (
+        ("validate", "data/raw/manifest.csv"),
+        ("split", "data/validated/manifest.csv"),
+        ("train", "data/packed/meta.json"),
+        ("evaluate", "models/model.json"),
+    ):
+        result = run(["python", "-m", f"tasks.{stage}"], repo, check=False)
+        assert result.returncode == 1, (stage, result.stderr[-2000:])
+        assert result.stderr.strip().splitlines() == [
+            f"error: {missing} is missing; run the stages before this one first (`dvc repro`)"
+        ], stage
+
+
+def test_missing_pretrained_weights_are_one_line(repo: Path) -> None:
+    model = {"arch": "resnet18", "pretrained": "nowhere/weights.pt"}
+    write_params(repo, {"model": model, "tune": {"enabled": False}})
+    for stage in ("source", "ingest", "validate", "split", "augment", "tune"):
+        run(["python", "-m", f"tasks.{stage}"], repo)
+    result = run(["python", "-m", "tasks.train"], repo, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: model.pretrained: 'nowhere/weights.pt' does not exist"
+    )
