@@ -68,4 +68,6 @@ lock: ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	{ head -2 $(LOCK); /tmp/sixfold-lock/bin/pip freeze --exclude sixfold; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 clean: ## remove pipeline outputs (data/, models/, reports/ outputs); keeps .venv and the DVC cache
-	@rm -rf data/raw data/validated data/quarantine data/packed models/*.safetensors models/*.json reports/*.json reports/plots reports/data
+	@rm -rf data/raw data/validated data/quarantine data/splits data/packed data/augmented \
+		models/*.safetensors models/*.json models/checkpoints models/tune \
+		reports/*.json reports/plots reports/data reports/augment reports/tune reports/dvclive
