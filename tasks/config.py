@@ -104,7 +104,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(40, ge=1)
-    patience: int = Field(10, ge=1)
+    patience: int = Field(20, ge=1)
     schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
     gradient_clip: float | None = Field(1.0, gt=0)
     finetune_epochs: int = Field(0, ge=0)
