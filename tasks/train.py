@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from tasks.augmentation import BatchAugment
 from tasks.cli import stage_main
-from tasks.config import Params, load_params_or_exit, with_overrides
+from tasks.config import ConfigError, Params, load_params_or_exit, with_overrides
 from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_arrays, require
 from tasks.io import read_json, write_json
 from tasks.models import MODEL_DIR, params_hash, save_model
@@ -576,7 +576,10 @@ def main() -> None:
     params = load_params_or_exit()
     tuned = read_best_params()
     if tuned:
-        params = with_overrides(params, tuned)
+        try:
+            params = with_overrides(params, tuned)
+        except ConfigError as error:
+            raise ConfigError(f"{BEST_PARAMS}: {error}; re-run the tune stage") from None
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items()
         )

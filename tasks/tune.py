@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.cli import stage_main
+from tasks.cli import UserError, stage_main
 from tasks.config import Params, SearchDimension, load_params_or_exit, with_overrides
 from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_split, require
 from tasks.io import read_json, write_json
@@ -280,7 +280,14 @@ def read_best_params(path: Path = BEST_PARAMS) -> dict[str, Any]:
     """The tuned values ({"train.lr": ...}) or {} when the file does not exist."""
     if not path.exists():
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        problem = str(error).replace("\n", " ")
+        raise UserError(f"{path}: not valid YAML ({problem}); re-run the tune stage") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: must map settings to values, got {type(values).__name__}")
+    return values
 
 
 # --------------------------------------------------------------------------- the stage

@@ -96,3 +96,18 @@ def test_missing_pretrained_weights_are_one_line(repo: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "error: model.pretrained: 'nowhere/weights.pt' does not exist"
     )
+
+
+def test_bad_tuned_values_are_one_line(repo: Path) -> None:
+    best = repo / "models" / "tune" / "best_params.yaml"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    best.write_text("train.lr: -1\n")
+    result = run(["python", "-m", "tasks.train"], repo, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: models/tune/best_params.yaml: overrides: train.lr must be > 0, got -1; "
+        "re-run the tune stage"
+    ]
+    best.write_text("train.lr: [unclosed\n")
+    result = run(["python", "-m", "tasks.train"], repo, check=False)
+    assert result.returncode == 1 and "not valid YAML" in result.stderr, result.stderr[-2000:]
