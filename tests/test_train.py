@@ -192,14 +192,18 @@ def _prepare_data(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_trains(repo: Path) -> None:
+    """Real DDP over gloo; the first epoch trains only the head (frozen backbone: DDP must be
+    told that some parameters get no gradient), then every layer."""
+    train = {"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 4}
     write_params(
         repo,
-        {"train": {"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 3}},
+        {"train": {**train, "finetune_epochs": 1}, "model": {"freeze_backbone": True}},
     )
     _prepare_data(repo)
     result = run(["python", "-m", "tasks.train"], repo)
     report = json.loads((repo / "reports" / "train.json").read_text())
     assert report["world_size"] == 2, result.stdout
+    assert "backbone unfrozen" in result.stdout
     assert report["val_acc"] > 0.6
     run(["python", "-m", "tasks.evaluate"], repo)
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())

@@ -108,6 +108,25 @@ def test_a_trial_that_crashes_once_is_retried_and_the_search_completes(
 
 
 @pytest.mark.slow
+def test_with_cv_folds_a_trial_scores_its_mean_over_the_folds(repo: Path) -> None:
+    """Trials run in their own folders (maybe on other nodes): nothing is read from the cwd."""
+    write_params(
+        repo,
+        {
+            **SMALL_SEARCH,
+            "train": {"cv_folds": 2},
+            "tune": {**SMALL_SEARCH["tune"], "num_samples": 2},
+        },
+    )
+    _prepare(repo)
+    result = run(["python", "-m", "tasks.tune"], repo)
+    trials = pd.read_csv(repo / "reports" / "tune" / "trials.csv")
+    assert len(trials) == 2 and (trials["status"] == "finished").all(), result.stdout[-3000:]
+    assert (trials["epochs_run"] == 1).all(), "a CV trial reports once: its mean over the folds"
+    assert 0.0 < _summary(repo)["best_val_acc"] <= 1.0
+
+
+@pytest.mark.slow
 def test_an_interrupted_search_resumes(repo: Path, tmp_path: Path) -> None:
     write_params(
         repo,
