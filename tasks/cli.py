@@ -6,6 +6,7 @@
 - A transient error (a refused or reset connection, a timeout, S3 endpoint trouble) prints
   ``error (transient): ...`` and exits 75 (EX_TEMPFAIL), which the Prefect flow retries with
   backoff.
+- Missing credentials or a refused permission print one line and exit 1.
 - Anything else is a bug: the traceback is shown as usual.
 """
 
@@ -37,6 +38,7 @@ _TRANSIENT_NAMES = {  # by name, so botocore / aiohttp need not be imported to r
     "ServerDisconnectedError",
     "ServerTimeoutError",
 }
+_ACCESS_NAMES = {"NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId"}
 
 
 class UserError(Exception):
@@ -59,6 +61,11 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def is_access_problem(error: BaseException) -> bool:
+    """True for missing credentials or a refused permission (local or on S3)."""
+    return isinstance(error, PermissionError) or type(error).__name__ in _ACCESS_NAMES
+
+
 def stage_main(main: Callable[[], None]) -> None:
     """Run a stage's main() and turn known failures into one line and an exit code."""
     from tasks.config import ConfigError
@@ -69,6 +76,13 @@ def stage_main(main: Callable[[], None]) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as error:
+        if is_access_problem(error):
+            print(
+                f"error: access denied ({type(error).__name__}: {error}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and permissions",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
         if not is_transient(error):
             raise
         print(

@@ -10,6 +10,7 @@ Check the file on its own with ``python -m tasks.config [path]``.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -215,20 +216,29 @@ class Params(Section):
         for key, dimension in self.tune.flat_space().items():
             section_name, _, name = key.partition(".")
             section = getattr(self, section_name)
+            current = getattr(section, name)
             if dimension.type == "choice":
-                candidates = list(dimension.values or [])
+                candidates = [(value, value) for value in dimension.values or []]
             elif dimension.type == "int":
-                candidates = [int(dimension.low or 0), int(dimension.high or 0)]
-            else:
-                candidates = [dimension.low, dimension.high]
-            for value in candidates:
+                candidates = [(int(b or 0), int(b or 0)) for b in (dimension.low, dimension.high)]
+            elif isinstance(current, int) and not isinstance(current, bool):
+                raise ValueError(
+                    f"tune.space.{key} is {dimension.type}, but {key} takes whole numbers; "
+                    "use type: int (or choice)"
+                )
+            else:  # uniform draws from [low, high): the bound itself is never drawn
+                low, high = float(dimension.low or 0), float(dimension.high or 0)
+                candidates = [(low, low), (high, math.nextafter(high, low))]
+            for shown, value in candidates:
                 try:
                     type(section).model_validate({**section.model_dump(), name: value})
                 except ValidationError as error:
                     problem = _describe(error.errors()[0], type(section))
+                    if error.errors()[0]["type"] != "value_error":  # those name their key
+                        problem = f"{section_name}.{problem}"
                     raise ValueError(
-                        f"tune.space.{key} allows {value!r}, which {key} does not accept "
-                        f"({section_name}.{problem})"
+                        f"tune.space.{key} allows {shown!r}, which {key} does not accept "
+                        f"({problem})"
                     ) from None
         return self
 

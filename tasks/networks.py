@@ -139,7 +139,13 @@ def read_state_dict(
     with filesystem.open(path, "rb") as handle:
         payload = handle.read()
     if uri.endswith(".safetensors"):
-        state = load_safetensors(payload)
+        try:
+            state = load_safetensors(payload)
+        except Exception as error:
+            raise PretrainedMismatch(
+                f"model.pretrained: {uri!r} is not a readable safetensors file "
+                f"({type(error).__name__}: {error})"
+            ) from None
     else:
         try:
             state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)

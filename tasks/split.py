@@ -47,6 +47,11 @@ class SplitError(UserError, ValueError):
 def assign_splits(manifest: pd.DataFrame, data: DataConfig, seed: int) -> pd.Series:
     """Stratified split; returns the split name for every row of `manifest`."""
     counts = manifest["label"].value_counts()
+    if len(counts) < 2:
+        raise SplitError(
+            f"split: the accepted images hold {len(counts)} class(es) "
+            f"({', '.join(map(str, counts.index))}); a classifier needs at least 2"
+        )
     too_few = counts[counts < 3]
     if not too_few.empty:
         raise SplitError(
@@ -62,13 +67,18 @@ def assign_splits(manifest: pd.DataFrame, data: DataConfig, seed: int) -> pd.Ser
             raise SplitError(
                 f"split: some images have no value in data.group_column={data.group_column!r}"
             )
-        train_idx, rest_idx = _group_split(indices, labels, groups, held_out, seed)
+        first, second = _folds_for(held_out), _folds_for(data.test_fraction / held_out)
+        distinct = len(np.unique(groups))
+        if distinct < first * second:
+            raise SplitError(
+                f"split: data.group_column={data.group_column!r} gives {distinct} group(s); "
+                f"holding out whole groups for validation and test needs at least "
+                f"{first * second} ({first} folds, then {second}); add groups, change "
+                "data.val_fraction/data.test_fraction, or unset data.group_column"
+            )
+        train_idx, rest_idx = _group_split(indices, labels, groups, first, seed)
         val_part, test_part = _group_split(
-            np.arange(len(rest_idx)),
-            labels[rest_idx],
-            groups[rest_idx],
-            data.test_fraction / held_out,
-            seed,
+            np.arange(len(rest_idx)), labels[rest_idx], groups[rest_idx], second, seed
         )
         val_idx, test_idx = rest_idx[val_part], rest_idx[test_part]
     else:
@@ -89,31 +99,42 @@ def assign_splits(manifest: pd.DataFrame, data: DataConfig, seed: int) -> pd.Ser
                 f"data.test_fraction={data.test_fraction} ({error}); add images to the "
                 "smallest classes or raise the fractions"
             ) from None
+    for name, part in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+        if len(part) == 0:
+            raise SplitError(f"split: the {name} split came out empty; add images or groups")
+    missing = sorted(set(labels) - set(labels[train_idx]))
+    if missing:
+        raise SplitError(
+            f"split: class(es) {missing} have no image in the train split (their groups were "
+            "all held out); add groups for them or change the seed"
+        )
     split = np.empty(len(manifest), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     return pd.Series(split, index=manifest.index, name="split")
 
 
-def _group_split(
-    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out about `fraction` of the images, whole groups only, keeping class proportions.
+def _folds_for(fraction: float) -> int:
+    """k such that one of k group folds holds out about `fraction` (0.3 -> 3, 0.5 -> 2)."""
+    return max(2, round(1 / fraction))
 
-    One fold of a seeded StratifiedGroupKFold with k = round(1 / fraction) folds, so the held-out
-    share is rounded to 1/k (0.3 -> 1/3, 0.5 -> 1/2).
-    """
-    folds = max(2, round(1 / fraction))
+
+def _group_split(
+    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out one of `folds` seeded StratifiedGroupKFold folds: whole groups, class shares."""
     distinct = len(np.unique(groups))
     if distinct < folds:
         raise SplitError(
-            f"split: data.group_column gives {distinct} group(s) where at least {folds} are "
-            "needed to hold out whole groups for validation and test; add groups, raise "
-            "data.val_fraction/data.test_fraction, or unset data.group_column"
+            f"split: only {distinct} group(s) left to divide into {folds} folds; add groups or "
+            "change data.val_fraction/data.test_fraction"
         )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
-        keep, held = next(splitter.split(indices, labels, groups))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            keep, held = next(splitter.split(indices, labels, groups))
+    except ValueError as error:
+        raise SplitError(f"split: cannot divide the groups into {folds} folds ({error})") from None
     return indices[keep], indices[held]
 
 

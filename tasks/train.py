@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tasks.augmentation import BatchAugment
-from tasks.cli import stage_main
+from tasks.cli import UserError, stage_main
 from tasks.config import ConfigError, Params, load_params_or_exit, with_overrides
 from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_arrays, require
 from tasks.io import read_json, write_json
@@ -324,7 +324,14 @@ def _trainer(
 ) -> L.Trainer:
     train = params.train
     strategy = train.strategy if distributed else "auto"
-    if strategy == "ddp" and params.model.freeze_backbone:
+    gpus = torch.cuda.device_count() if train.accelerator in ("auto", "gpu", "cuda") else 0
+    multi_process = distributed and (
+        strategy == "ddp"
+        or train.num_nodes > 1
+        or (isinstance(train.devices, int) and train.devices > 1)
+        or (train.devices == "auto" and gpus > 1)
+    )
+    if multi_process and params.model.freeze_backbone:
         # a frozen backbone gets no gradients; plain DDP would stop at the first step
         strategy = "ddp_find_unused_parameters_true"
     on_cpu = train.accelerator == "cpu" or (
@@ -429,7 +436,7 @@ def cross_validate(
     val_x, val_y = arrays["val"]
     n_train_originals = len(folds) - len(val_y)
     if n_train_originals <= 0 or len(train_y) % n_train_originals:
-        raise ValueError(
+        raise UserError(
             f"cv: data/packed/folds.npy ({len(folds)} entries) does not match the train "
             f"({len(train_y)}) and val ({len(val_y)}) arrays; re-run the split stage"
         )

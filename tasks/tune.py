@@ -173,6 +173,7 @@ def load_tuning_arrays(packed_dir: Path, augmented_dir: Path, cv_folds: int) -> 
     if (augmented_dir / "train_x.npy").exists():
         arrays["train"] = load_split("train", augmented_dir)
     if cv_folds > 1:
+        require(packed_dir / "folds.npy")
         arrays["folds"] = np.load(packed_dir / "folds.npy")
     return arrays
 
@@ -341,12 +342,16 @@ def tune_search(
         storage.mkdir(parents=True)
         write_json(state_file, {"fingerprint": key, "complete": False})
 
-    start_ray(settings.address, root)
     base = params.model_dump(mode="json")
     pretrained = params.model.pretrained
     if pretrained and "://" not in pretrained and not os.path.isabs(pretrained):
         # trials run in their own folders (and perhaps on other nodes of a shared filesystem)
         base["model"]["pretrained"] = str((root / pretrained).resolve())
+    if pretrained:  # weights that are missing or do not fit stop here, not in every trial
+        from tasks.train import make_network
+
+        make_network(Params.model_validate(base), meta)
+    start_ray(settings.address, root)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, arrays=arrays, meta=meta),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
@@ -394,10 +399,11 @@ def tune_search(
             "run again to resume it"
         )
     if finished == 0:
-        first_error = next((str(r.error) for r in results if r.error is not None), "no metrics")
-        raise SystemExit(
-            f"tune: every trial failed; the first error: {first_error.strip().splitlines()[-1]} "
-            f"(trial logs under {experiment})"
+        first_error = next((str(r.error) for r in results if r.error is not None), "")
+        last_line = (first_error.strip().splitlines() or ["no metrics reported"])[-1]
+        raise UserError(
+            f"tune: every trial failed; the first error: {last_line} (trial logs under "
+            f"{experiment})"
         )
     best = results.get_best_result(metric=settings.metric, mode=settings.mode, scope="all")
     table = trials_table(results, settings.metric, settings.mode)

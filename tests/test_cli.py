@@ -96,6 +96,12 @@ def test_missing_pretrained_weights_are_one_line(repo: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "error: model.pretrained: 'nowhere/weights.pt' does not exist"
     )
+    # the search checks the weights once, before starting Ray, not in every trial
+    write_params(repo, {"tune": {"enabled": True}})
+    result = run(["python", "-m", "tasks.tune"], repo, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model.pretrained: ")
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_tuned_values_are_one_line(repo: Path) -> None:

@@ -74,6 +74,12 @@ def test_search_space_values_must_be_valid_settings(tmp_path: Path) -> None:
     space = {"model": {"arch": {"type": "choice", "values": ["cnn", "vgg"]}}}
     message = _error(tmp_path, {"tune": {"space": space}})
     assert "tune.space.model.arch allows 'vgg'" in message
+    space = {"train": {"batch_size": {"type": "uniform", "low": 16, "high": 256}}}
+    message = _error(tmp_path, {"tune": {"space": space}})
+    assert "train.batch_size takes whole numbers; use type: int" in message
+    # uniform never draws its upper bound, so dropout up to 1.0 is a valid range
+    space = {"model": {"dropout": {"type": "uniform", "low": 0.0, "high": 1.0}}}
+    load_params(_params_file(tmp_path, {"tune": {"space": space}}))
 
 
 def test_fractions_must_leave_training_data(tmp_path: Path) -> None:

@@ -244,8 +244,15 @@ def test_grouped_split_is_stratified_and_keeps_groups_whole() -> None:
 
 def test_too_few_groups_is_a_clear_error() -> None:
     manifest = _grouped_manifest(groups=3, per_group=5, classes=3)
-    with pytest.raises(SplitError, match=r"data\.group_column gives \d+ group"):
-        assign_splits(manifest, DataConfig(group_column="group"), seed=0)
+    with pytest.raises(SplitError, match=r"gives 3 group\(s\); .* needs at least 6"):
+        assign_splits(manifest, DataConfig(group_column="group"), seed=0)  # 0.3: 3 folds, then 2
+
+
+def test_a_single_class_is_a_clear_error() -> None:
+    manifest = pd.DataFrame({"path": [f"{i}.png" for i in range(9)], "label": ["only"] * 9})
+    manifest["group"] = ""
+    with pytest.raises(SplitError, match="needs at least 2"):
+        assign_splits(manifest, DataConfig(), seed=0)
 
 
 def test_classes_too_small_for_the_fractions_are_a_clear_error() -> None:
