@@ -53,7 +53,7 @@ format: setup ## apply ruff's fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: setup ## run every benchmark in benchmarks/ (results in reports/bench/)
+bench: run ## bring the pipeline up to date, then run every benchmark (results in reports/bench/)
 	@set -e; for bench in benchmarks/*.py; do \
 		name=$$(basename $$bench .py); case $$name in __init__|common) continue;; esac; \
 		echo "== benchmark $$name"; $(PYTHON) -m benchmarks.$$name; \
