@@ -248,10 +248,29 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: Any, batch_index: int) -> None:
         self._shared_step(batch, "test")
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        if gradient_clip_val and optimizer.defaults.get("fused"):
+            # fp32 and bf16-mixed gradients are not scaled: clip them directly (Lightning's mixed
+            # precision plugin refuses to clip for any fused optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> Any:
         train = self.params.train
+        parameters = list(self.network.parameters())
+        # one fused kernel per step on a GPU instead of AdamW's per-tensor launches (AdamW's step
+        # took 7 ms of CPU time a step with the default CNN on an H200, the GPU mostly idle)
+        # (16-mixed keeps the per-tensor path: its grad scaler must unscale before clipping)
+        fused = (
+            bool(parameters)
+            and all(p.is_cuda for p in parameters)
+            and self.trainer.precision != "16-mixed"
+        )
         optimizer = torch.optim.AdamW(
-            self.network.parameters(), lr=train.lr, weight_decay=train.weight_decay
+            parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None
         )
         if train.schedule == "constant":
             return optimizer
@@ -374,7 +393,7 @@ def _trainer(
     on_cpu = train.accelerator == "cpu" or (
         train.accelerator == "auto" and not torch.cuda.is_available()
     )
-    return L.Trainer(
+    trainer = L.Trainer(
         max_epochs=train.max_epochs,
         accelerator=train.accelerator,
         devices=train.devices if distributed else 1,
@@ -392,6 +411,11 @@ def _trainer(
         use_distributed_sampler=False,  # PackedBatches shards by rank itself
         num_sanity_val_steps=0,
     )
+    if not on_cpu:
+        # deterministic mode also fills every new tensor with NaN (about 150 fill kernels a step
+        # measured on an H200 with the default CNN); sixfold never reads uninitialized memory
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
 
 
 def _regularization_callbacks(params: Params) -> list[L.Callback]:
