@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tasks.cli import UserError
 from tasks.config import Params, load_params
 from tasks.networks import PretrainedMismatch, build_network, read_state_dict
-from tasks.train import PackedBatches, cross_validate, fit_once, make_network
+from tasks.train import Classifier, PackedBatches, cross_validate, fit_once, make_network
 from tests.conftest import REPO_ROOT, VENV_BIN, run, write_params
 
 META = {"classes": [str(i) for i in range(4)], "channels": 1, "image_size": 16}
@@ -145,6 +145,18 @@ def test_cross_validation_reports_every_fold(tmp_path: Path) -> None:
     assert 0.0 <= summary["mean"]["val_acc"] <= 1.0 and summary["std"]["val_acc"] >= 0.0
     with pytest.raises(UserError, match=r"folds\.npy"):
         cross_validate(params, arrays, META, folds[:50])
+
+
+def test_fused_optimizer_gradients_are_clipped() -> None:
+    """On a GPU AdamW runs fused, which Lightning's mixed-precision plugin refuses to clip."""
+    params = _params(model={"width": 8})
+    module = Classifier(make_network(params, META), 4, params, META)
+    for parameter in module.parameters():
+        parameter.grad = torch.full_like(parameter, 10.0)
+    fused = torch.optim.AdamW(module.parameters(), fused=True)  # fused AdamW runs on CPU too
+    module.configure_gradient_clipping(fused, 0.5)
+    grads = [p.grad for p in module.parameters()]
+    assert float(torch.nn.utils.get_total_norm(grads)) == pytest.approx(0.5, rel=1e-4)
 
 
 def test_ddp_shards_have_equal_batch_counts() -> None:
