@@ -454,6 +454,8 @@ def _quiet_fit(trainer: L.Trainer, module: L.LightningModule, data: Any, **kwarg
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
+        # intended: the module, not the data module, owns batch transfer and normalization
+        warnings.filterwarnings("ignore", ".*overridden .* in `LightningModule` but have passed.*")
         trainer.fit(module, datamodule=data, **kwargs)
 
 
