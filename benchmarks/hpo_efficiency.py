@@ -3,13 +3,16 @@
 Run with ``python -m benchmarks.hpo_efficiency`` (after ``make run``: it reads data/packed).
 
 Space: 3 learning rates x 3 weight decays x 2 dropouts = 18 configurations. The grid trains every
-one for EPOCHS (9) epochs; the tuned search draws 12 trials from the same 18 values with TPE and
-lets ASHA (grace period 1, reduction factor 9) stop weak trials early. Both train the real sixfold
-trial (Lightning, online augmentation, the same Ray Tune trainable as the tune stage) on the train
-split and score on val+test together (540 images rather than 270, so one image is 0.0019 of
-accuracy, finer than the 0.003 tolerance). Writes reports/bench/hpo_efficiency.json with
-grid_best, tuned_best, grid_epochs, tuned_epochs and budget_fraction = tuned_epochs / grid_epochs
-(target <= 0.35, with tuned_best >= grid_best - 0.003).
+one for EPOCHS (9) epochs; a tuned search draws TUNED_SAMPLES (8) trials from the same 18 values
+with TPE (never the same configuration twice) and lets ASHA (grace period 1, reduction factor 9)
+stop weak trials early. Both use the one-cycle learning-rate schedule (see SCHEDULE) and train the
+real sixfold trial (Lightning, online augmentation, the same Ray Tune trainable as the tune stage)
+on the train split, scoring on val+test together (540 images rather than 270, so one image is
+0.0019 of accuracy, finer than the 0.003 tolerance). Which trials ASHA keeps depends on the order
+TPE draws them in, so the tuned search runs REPEATS (3) times with different seeds and the medians
+are reported. Writes reports/bench/hpo_efficiency.json with grid_best, tuned_best, grid_epochs,
+tuned_epochs and budget_fraction = tuned_epochs / grid_epochs (target <= 0.35, with
+tuned_best >= grid_best - 0.003), plus every search's own figures and per-epoch curves.
 """
 
 from __future__ import annotations
@@ -33,8 +36,13 @@ GRID = {
     "train.weight_decay": [1e-5, 1e-3, 1e-1],
     "model.dropout": [0.0, 0.4],
 }
-TUNED_SAMPLES = 12
-GRACE = 1  # with the cosine schedule, epoch 1 already ranks learning rates as epoch 9 does
+TUNED_SAMPLES = 8
+REPEATS = 3  # tuned searches with seeds seed, seed+1, ...; the medians are reported
+# One-cycle warms the learning rate up, so a trial's first epoch already ranks the learning rates
+# as its last does; under cosine the highest rate starts at full strength, is noisy for its first
+# epochs and wins only after it anneals (measured curves: README, Benchmarks).
+SCHEDULE = "onecycle"
+GRACE = 1
 REDUCTION = 9  # one cut, after epoch 1: only trials at the top 1/9 of their rung go on
 
 
@@ -61,6 +69,7 @@ def _search(trainable, space: dict, searcher, scheduler, samples: int, storage: 
             **{k: r.config[k] for k in GRID},
             "best_val_acc": float(r.metrics_dataframe["val_acc"].max()),
             "epochs": len(r.metrics_dataframe),
+            "val_acc_by_epoch": [round(float(v), 4) for v in r.metrics_dataframe["val_acc"]],
         }
         for r in results
     ]
@@ -73,7 +82,12 @@ def main() -> None:
     params = load_params()
     params = with_overrides(
         params,
-        {"tune.max_epochs": EPOCHS, "tune.grace_period": GRACE, "tune.reduction_factor": REDUCTION},
+        {
+            "tune.max_epochs": EPOCHS,
+            "tune.grace_period": GRACE,
+            "tune.reduction_factor": REDUCTION,
+            "train.schedule": SCHEDULE,
+        },
     )
     meta = read_json(PACKED_DIR / "meta.json")
     val = [load_split(name, PACKED_DIR) for name in ("val", "test")]
@@ -104,18 +118,33 @@ def main() -> None:
             storage,
             "grid",
         )
-        tuned_best, tuned_epochs, tuned_s, tuned_trials = _search(
-            trainable,
-            {key: tune.choice(values) for key, values in GRID.items()},
-            make_searcher("optuna", TUNED_SAMPLES, concurrent, params.seed),
-            ASHAScheduler(max_t=EPOCHS, grace_period=GRACE, reduction_factor=REDUCTION),
-            TUNED_SAMPLES,
-            storage,
-            "tuned",
-        )
+        searches = []
+        for repeat in range(REPEATS):  # the search's path depends on its seed: several, median
+            best, epochs, seconds, trials = _search(
+                trainable,
+                {key: tune.choice(values) for key, values in GRID.items()},
+                make_searcher("optuna", TUNED_SAMPLES, concurrent, params.seed + repeat),
+                ASHAScheduler(max_t=EPOCHS, grace_period=GRACE, reduction_factor=REDUCTION),
+                TUNED_SAMPLES,
+                storage,
+                f"tuned_{repeat}",
+            )
+            searches.append(
+                {
+                    "seed": params.seed + repeat,
+                    "best": best,
+                    "epochs": epochs,
+                    "budget_fraction": epochs / grid_epochs,
+                    "seconds": seconds,
+                    "trials": trials,
+                }
+            )
     import ray
 
     ray.shutdown()
+    tuned_best = float(np.median([search["best"] for search in searches]))
+    tuned_epochs = float(np.median([search["epochs"] for search in searches]))
+    tuned_s = float(np.median([search["seconds"] for search in searches]))
     report(
         "hpo_efficiency",
         {
@@ -125,13 +154,18 @@ def main() -> None:
             "tuned_epochs": tuned_epochs,
             "budget_fraction": tuned_epochs / grid_epochs,
             "grid_trials": len(grid_trials),
-            "tuned_trials": len(tuned_trials),
-            "grid_trial_results": grid_trials,
-            "tuned_trial_results": tuned_trials,
+            "tuned_trials": TUNED_SAMPLES,
+            "tuned_searches": len(searches),
             "grid_seconds": grid_s,
             "tuned_seconds": tuned_s,
             "time_ratio": tuned_s / grid_s,
             "meets_target": tuned_epochs / grid_epochs <= 0.35 and tuned_best >= grid_best - 0.003,
+            "searches_meeting_target": sum(
+                search["budget_fraction"] <= 0.35 and search["best"] >= grid_best - 0.003
+                for search in searches
+            ),
+            "grid_trial_results": grid_trials,
+            "tuned_search_results": searches,
         },
     )
 

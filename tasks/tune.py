@@ -153,10 +153,52 @@ def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.utils.util import unflatten_dict
 
     startup = min(10, max(2, num_samples // 3))  # Optuna's default of 10 is most of a small search
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+
+    class UniqueOptunaSearch(OptunaSearch):
+        """TPE without repeats.
+
+        Once TPE exploits, it often suggests a configuration it has already tried (always likely
+        on `choice` and `int` spaces). Training it again costs a whole trial and, under ASHA, a
+        repeat of the best trial ties it at each rung and is promoted to the end. A repeat is told
+        the earlier trial's result (pruned while that one still runs) and TPE is asked again.
+        """
+
+        redraws = 50  # then a repeat is trained after all (a space with nothing new left)
+
+        def suggest(self, trial_id: str) -> dict | None:
+            seen = self.__dict__.setdefault("_seen_configs", {})  # config -> its result, or None
+            config = super().suggest(trial_id)
+            for _ in range(self.redraws):
+                if not isinstance(config, dict):
+                    return config
+                key = json.dumps(config, sort_keys=True, default=str)
+                if key not in seen:
+                    seen[key] = None
+                    return config
+                earlier = seen[key]
+                repeat = self._ot_trials.pop(trial_id)
+                if earlier is None:
+                    self._ot_study.tell(repeat, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    self._ot_study.tell(repeat, earlier)
+                config = super().suggest(trial_id)
+            return config
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
+            value = (result or {}).get(self.metric)
+            trial = self._ot_trials.get(trial_id)
+            if value is not None and trial is not None:
+                key = json.dumps(unflatten_dict(trial.params), sort_keys=True, default=str)
+                self.__dict__.setdefault("_seen_configs", {})[key] = value
+            super().on_trial_complete(trial_id, result, error)
+
+    return ConcurrencyLimiter(UniqueOptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
 
 
 def fingerprint(params: Params, packed_dir: Path, augmented_dir: Path) -> str:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.config import ConfigError, Params, load_params
-from tasks.tune import search_space, trial_params
+from tasks.tune import make_searcher, search_space, trial_params
 from tests.conftest import REPO_ROOT, VENV_BIN, run, write_params
 
 # a search small enough for the 2-core machine: 3 trials x 2 epochs on un-augmented data
@@ -60,6 +60,26 @@ def test_search_space_and_trial_params() -> None:
     assert sampled.train.lr == 0.002 and sampled.model.dropout == 0.1
     assert sampled.train.max_epochs == params.tune.max_epochs
     assert sampled.train.accelerator == "cpu" and sampled.train.devices == 1
+
+
+def test_tpe_never_trains_a_configuration_twice() -> None:
+    """On a small `choice` space plain TPE repeats its best configuration once it exploits."""
+    from ray import tune
+
+    space = {name: tune.choice([0, 1, 2]) for name in ("a", "b")} | {"c": tune.choice([0, 1])}
+    searcher = make_searcher("optuna", 14, 1, seed=3)
+    searcher.set_search_properties("score", "max", space)
+    suggested = []
+    for index in range(14):
+        config = searcher.suggest(f"trial_{index}")
+        suggested.append(json.dumps(config, sort_keys=True))
+        score = config["a"] + 0.1 * config["b"] + 0.01 * config["c"]
+        searcher.on_trial_complete(f"trial_{index}", {"score": score})
+    assert len(set(suggested)) == len(suggested) == 14
+    # with every one of the 18 configurations tried, a repeat is trained rather than none
+    for index in range(14, 19):
+        assert searcher.suggest(f"trial_{index}") is not None
+        searcher.on_trial_complete(f"trial_{index}", {"score": 0.0})
 
 
 def test_disabled_search_writes_the_params_values(repo: Path) -> None:
