@@ -33,6 +33,7 @@ from tasks.train import (
     _quiet_fit,
     _trainer,
     load_arrays,
+    lr_schedule,
     make_network,
 )
 
@@ -82,15 +83,7 @@ def plain_run(params, arrays, meta, epochs: int = EPOCHS) -> float:
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=train.lr, weight_decay=train.weight_decay
     )
-    total_steps = epochs * len(train_batches)
-    if train.schedule == "onecycle":  # the schedule the Lightning side uses, built the same way
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=train.lr, total_steps=total_steps
-        )
-    elif train.schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    else:
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    schedule = lr_schedule(optimizer, train, epochs * len(train_batches))  # the Lightning side's
     start = time.perf_counter()
     for epoch in range(epochs):
         network.train()
@@ -106,7 +99,8 @@ def plain_run(params, arrays, meta, epochs: int = EPOCHS) -> float:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), train.gradient_clip or 1e9)
             optimizer.step()
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
         network.eval()
         correct = 0
         with torch.no_grad():

@@ -272,18 +272,21 @@ class Classifier(L.LightningModule):
         optimizer = torch.optim.AdamW(
             parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None
         )
-        if train.schedule == "constant":
+        schedule = lr_schedule(optimizer, train, int(self.trainer.estimated_stepping_batches))
+        if schedule is None:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        if train.schedule == "onecycle":
-            schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=train.lr, total_steps=max(total_steps, 1)
-            )
-        else:
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=max(total_steps, 1)
-            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, train: Any, total_steps: int) -> Any:
+    """`train.schedule` stepped once per batch over `total_steps`; None for `constant`."""
+    if train.schedule == "constant":
+        return None
+    if train.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.lr, total_steps=max(total_steps, 1)
+        )
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
 
 
 class History(L.Callback):

@@ -169,23 +169,28 @@ def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -
 
         redraws = 50  # then a repeat is trained after all (a space with nothing new left)
 
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._seen_configs: dict[str, Any] = {}  # config -> its result (None: not yet known)
+
+        @staticmethod
+        def _key(config: dict) -> str:
+            return json.dumps(config, sort_keys=True, default=str)
+
         def suggest(self, trial_id: str) -> dict | None:
-            seen = self.__dict__.setdefault("_seen_configs", {})  # config -> its result, or None
             config = super().suggest(trial_id)
             for _ in range(self.redraws):
-                if not isinstance(config, dict):
-                    return config
-                key = json.dumps(config, sort_keys=True, default=str)
-                if key not in seen:
-                    seen[key] = None
-                    return config
-                earlier = seen[key]
+                if not isinstance(config, dict) or self._key(config) not in self._seen_configs:
+                    break
+                earlier = self._seen_configs[self._key(config)]
                 repeat = self._ot_trials.pop(trial_id)
                 if earlier is None:
                     self._ot_study.tell(repeat, state=optuna.trial.TrialState.PRUNED)
                 else:
                     self._ot_study.tell(repeat, earlier)
                 config = super().suggest(trial_id)
+            if isinstance(config, dict):
+                self._seen_configs.setdefault(self._key(config), None)
             return config
 
         def on_trial_complete(
@@ -194,8 +199,7 @@ def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -
             value = (result or {}).get(self.metric)
             trial = self._ot_trials.get(trial_id)
             if value is not None and trial is not None:
-                key = json.dumps(unflatten_dict(trial.params), sort_keys=True, default=str)
-                self.__dict__.setdefault("_seen_configs", {})[key] = value
+                self._seen_configs[self._key(unflatten_dict(trial.params))] = value
             super().on_trial_complete(trial_id, result, error)
 
     return ConcurrencyLimiter(UniqueOptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
