@@ -34,7 +34,7 @@ setup: ## create .venv from requirements.lock (skipped when the lock is unchange
 	fi
 
 run: setup ## set up, then run the whole pipeline (dvc repro) on params.yaml's data
-	@$(PYTHON) -m tasks.config
+	@$(PYTHON) -m tasks.core.config
 	@$(PYTHON) -m tasks.source
 	@dvc repro
 	@$(PYTHON) -m tasks.evaluate --show

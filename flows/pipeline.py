@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-EX_TEMPFAIL = 75  # tasks.cli.stage_main exits with this on transient errors (network, S3, ...)
+from tasks.core.runner import EX_TEMPFAIL  # torch-free: flows know no tensors
 
 
 class StageFailed(RuntimeError):
@@ -103,7 +103,7 @@ def training_pipeline(repo_root: str = ".") -> dict[str, str]:
     """Run every DVC stage in order, one Prefect task each; returns {stage: 'ran' | 'skipped'}."""
     root = str(Path(repo_root).resolve())
     check = subprocess.run(
-        [sys.executable, "-m", "tasks.config"], cwd=root, capture_output=True, text=True
+        [sys.executable, "-m", "tasks.core.config"], cwd=root, capture_output=True, text=True
     )
     if check.returncode != 0:  # a params.yaml error stops the flow before any stage work
         raise StageFailed(check.stderr.strip())

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.augmentation import augment_uint8
-from tasks.cli import stage_main
-from tasks.config import AugmentConfig, load_params_or_exit
-from tasks.datasets import AUGMENTED_DIR, PACKED_DIR, load_split
+from tasks.core.config import AugmentConfig, Params, load_params_or_exit
+from tasks.core.layout import Layout
+from tasks.core.plotting import pyplot, save_figure
+from tasks.core.runner import stage_main
+from tasks.data.augmentation import augment_uint8
+from tasks.data.packed import load_split
 
-PREVIEW_FILE = Path("reports/augment/preview.png")
+PREVIEW_ROWS = 8  # originals shown in the preview grid, spread over the classes
 
 
 def augment_train(
@@ -35,13 +37,9 @@ def augment_train(
     return np.ascontiguousarray(all_images), all_labels
 
 
-def save_preview(images: np.ndarray, copies: int, count: int, path: Path = PREVIEW_FILE) -> None:
+def save_preview(images: np.ndarray, copies: int, count: int, path: Path) -> None:
     """Rows of: an original, then its augmented copies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     originals = len(images) // (copies + 1)
     count = min(count, originals)
     picks = np.linspace(0, originals - 1, count).astype(int)  # spread over the (sorted) classes
@@ -57,22 +55,33 @@ def save_preview(images: np.ndarray, copies: int, count: int, path: Path = PREVI
             if row == 0:
                 axis.set_title("original" if column == 0 else f"copy {column}", fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
+
+
+def augment_stage(params: Params, layout: Layout | None = None) -> int:
+    """Write data/augmented and the preview for `layout` (default: the current repository).
+
+    Returns the number of train images written (originals + copies).
+    """
+    layout = layout or Layout.discover()
+    images, labels = load_split("train", layout.packed_dir)
+    augmented, augmented_labels = augment_train(images, labels, params.augment, params.seed)
+    layout.augmented_dir.mkdir(parents=True, exist_ok=True)
+    np.save(layout.augmented_dir / "train_x.npy", augmented)
+    np.save(layout.augmented_dir / "train_y.npy", augmented_labels)
+    save_preview(augmented, params.augment.copies, PREVIEW_ROWS, layout.augment_preview)
+    return len(augmented)
 
 
 def main() -> None:
-    params = load_params_or_exit()
-    images, labels = load_split("train", PACKED_DIR)
-    augmented, augmented_labels = augment_train(images, labels, params.augment, params.seed)
-    AUGMENTED_DIR.mkdir(parents=True, exist_ok=True)
-    np.save(AUGMENTED_DIR / "train_x.npy", augmented)
-    np.save(AUGMENTED_DIR / "train_y.npy", augmented_labels)
-    save_preview(augmented, params.augment.copies, count=8)
+    layout = Layout.discover()
+    params = load_params_or_exit(layout.params_file)
+    written = augment_stage(params, layout)
+    originals = written // (params.augment.copies + 1)
     print(
-        f"augment: {len(images)} train images + {params.augment.copies} augmented copies each "
-        f"= {len(augmented)} -> {AUGMENTED_DIR} (preview: {PREVIEW_FILE})"
+        f"augment: {originals} train images + {params.augment.copies} augmented copies each "
+        f"= {written} -> {layout.relative(layout.augmented_dir)} "
+        f"(preview: {layout.relative(layout.augment_preview)})"
     )
 
 

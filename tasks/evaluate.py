@@ -10,7 +10,6 @@ fair. Writes `reports/metrics.json` (DVC metrics) and `reports/plots/confusion.c
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,52 +19,50 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from tasks.cli import stage_main
-from tasks.config import Params, load_params_or_exit
-from tasks.datasets import PACKED_DIR, load_split
-from tasks.io import read_json, write_json
-from tasks.models import MODEL_DIR, load_model, normalize, predict
-
-METRICS_FILE = Path("reports/metrics.json")
-CONFUSION_FILE = Path("reports/plots/confusion.csv")
+from tasks.core.config import EvaluateConfig, Params, load_params_or_exit
+from tasks.core.io import read_json, write_json
+from tasks.core.layout import Layout
+from tasks.core.runner import stage_main
+from tasks.data.packed import Split, load_split
+from tasks.modeling.artifact import load_model, predict
 
 
-def baseline_accuracy(name: str, seed: int, packed_dir: Path = PACKED_DIR) -> float:
+def baseline_accuracy(config: EvaluateConfig, seed: int, train: Split, test: Split) -> float:
     """Fit the classical baseline on train pixels, score it on test pixels."""
-    train_x, train_y = load_split("train", packed_dir)
-    test_x, test_y = load_split("test", packed_dir)
-    if name == "svc":
-        classifier = SVC(C=10.0, gamma="scale", random_state=seed)
+    (train_x, train_y), (test_x, test_y) = train, test
+    c = config.baseline_c.get(config.baseline, 1.0)
+    if config.baseline == "svc":
+        classifier = SVC(C=c, gamma="scale", random_state=seed)
     else:
-        classifier = LogisticRegression(max_iter=3000, C=1.0, random_state=seed)
+        classifier = LogisticRegression(max_iter=config.baseline_max_iter, C=c, random_state=seed)
     model = make_pipeline(StandardScaler(), classifier)
     model.fit(train_x.reshape(len(train_x), -1) / 255.0, train_y)
     return float(model.score(test_x.reshape(len(test_x), -1) / 255.0, test_y))
 
 
-def evaluate(
-    params: Params, model_dir: Path = MODEL_DIR, packed_dir: Path = PACKED_DIR
-) -> dict[str, Any]:
-    network, info = load_model(model_dir)
-    test_x, test_y = load_split("test", packed_dir)
-    norm = info["normalization"]
-    probabilities = predict(network, normalize(test_x, norm["mean"], norm["std"]))
+def evaluate(params: Params, layout: Layout | None = None) -> dict[str, Any]:
+    """Score the exported model and the baseline on the test split; write the reports."""
+    layout = layout or Layout.discover()
+    network, card = load_model(layout.models_dir)
+    test_x, test_y = load_split("test", layout.packed_dir)
+    probabilities = predict(network, card.preprocessing(), test_x)
     predicted = probabilities.argmax(axis=1)
     accuracy = float((predicted == test_y).mean())
-    classes = info["classes"]
-    CONFUSION_FILE.parent.mkdir(parents=True, exist_ok=True)
+    classes = card.classes
+    layout.confusion_file.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {"actual": [classes[i] for i in test_y], "predicted": [classes[i] for i in predicted]}
-    ).to_csv(CONFUSION_FILE, index=False, lineterminator="\n")
+    ).to_csv(layout.confusion_file, index=False, lineterminator="\n")
     per_class = {classes[c]: float((predicted[test_y == c] == c).mean()) for c in np.unique(test_y)}
+    train = load_split("train", layout.packed_dir)
     metrics = {
         "test": {"accuracy": accuracy, "n": len(test_y), "per_class_accuracy": per_class},
         "baseline": {
             "name": params.evaluate.baseline,
-            "accuracy": baseline_accuracy(params.evaluate.baseline, params.seed, packed_dir),
+            "accuracy": baseline_accuracy(params.evaluate, params.seed, train, (test_x, test_y)),
         },
     }
-    write_json(METRICS_FILE, metrics)
+    write_json(layout.metrics_file, metrics)
     return metrics
 
 
@@ -77,11 +74,12 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    layout = Layout.discover()
     if sys.argv[1:] == ["--show"]:  # print the last run's result without recomputing (make run)
-        print(summary_line(read_json(METRICS_FILE)))
+        print(summary_line(read_json(layout.metrics_file)))
         return
-    params = load_params_or_exit()
-    print(summary_line(evaluate(params)))
+    params = load_params_or_exit(layout.params_file)
+    print(summary_line(evaluate(params, layout)))
 
 
 if __name__ == "__main__":

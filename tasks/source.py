@@ -13,17 +13,16 @@ version of the data a result was trained on.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from tasks.cli import stage_main
-from tasks.config import load_params_or_exit
-from tasks.ingest import DIGITS_SOURCE, SourceError, list_manifest
-from tasks.io import filesystem_for, is_remote, read_json, strip_protocol, write_json
-
-SOURCE_FILE = Path("data/source.json")
+from tasks.core.config import load_params_or_exit
+from tasks.core.fingerprint import fingerprint
+from tasks.core.io import filesystem_for, is_remote, read_json, strip_protocol, write_json
+from tasks.core.layout import Layout
+from tasks.core.runner import stage_main
+from tasks.data.sources import DIGITS_SOURCE, SourceError, list_manifest
 
 
 def _listing(source: str, storage_options: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -90,16 +89,20 @@ def _manifest_listing(source: str, storage_options: dict[str, Any]) -> list[tupl
     return sorted(listing)
 
 
-def fingerprint(source: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+def source_fingerprint(source: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """A small, stable summary of the source; changes when a file is added, removed or edited."""
     listing = _listing(source, storage_options)
-    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    digest = fingerprint(listing, length=64)
     return {"source": source, "entries": len(listing), "fingerprint": digest}
 
 
-def refresh(source: str, storage_options: dict[str, Any], path: Path = SOURCE_FILE) -> bool:
-    """Rewrite `path` if the source changed. Returns True when it was rewritten."""
-    current = fingerprint(source, storage_options)
+def refresh(source: str, storage_options: dict[str, Any], path: Path | None = None) -> bool:
+    """Rewrite `path` (default: the repository's data/source.json) if the source changed.
+
+    Returns True when it was rewritten.
+    """
+    path = path if path is not None else Layout.discover().source_file
+    current = source_fingerprint(source, storage_options)
     if path.exists() and read_json(path) == current:
         return False
     write_json(path, current)
@@ -107,13 +110,11 @@ def refresh(source: str, storage_options: dict[str, Any], path: Path = SOURCE_FI
 
 
 def main() -> None:
-    params = load_params_or_exit()
-    try:
-        changed = refresh(params.data.source, dict(params.data.storage_options))
-    except SourceError as error:
-        raise SystemExit(f"error: {error}") from None
+    layout = Layout.discover()
+    params = load_params_or_exit(layout.params_file)
+    changed = refresh(params.data.source, dict(params.data.storage_options), layout.source_file)
     state = "changed: ingest will re-run" if changed else "unchanged"
-    print(f"source: {params.data.source} {state} ({SOURCE_FILE})")
+    print(f"source: {params.data.source} {state} ({layout.relative(layout.source_file)})")
 
 
 if __name__ == "__main__":

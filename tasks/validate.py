@@ -24,14 +24,14 @@ import pandas as pd
 import pandera.pandas as pa
 from tqdm import tqdm
 
-from tasks.cli import UserError, stage_main
-from tasks.config import DataConfig, load_params_or_exit
-from tasks.datasets import RAW_FILES, RAW_MANIFEST, VALIDATED_MANIFEST, require
-from tasks.images import UndecodableImage, load_converted, probe
-from tasks.io import write_json
+from tasks.core.config import DataConfig, load_params_or_exit
+from tasks.core.errors import UserError, require
+from tasks.core.io import write_json
+from tasks.core.layout import Layout
+from tasks.core.plotting import pyplot, save_figure
+from tasks.core.runner import stage_main
+from tasks.data.images import OversizedImage, UndecodableImage, load_converted, probe
 
-QUARANTINE_DIR = Path("data/quarantine")
-REPORT_DIR = Path("reports/data")
 REASONS = (
     "undecodable",
     "too_small",
@@ -113,9 +113,12 @@ def _reasons_from_schema(schema: pa.DataFrameSchema, table: pd.DataFrame) -> dic
         return found
 
 
-def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path = RAW_FILES) -> pd.DataFrame:
-    """Decide every row. Returns the manifest with columns reason, detail, width, height, mode,
-    channels, mean, std ('' reason = accepted)."""
+def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.DataFrame:
+    """Decide every row of the raw manifest (files under `files_dir`).
+
+    Returns the manifest with columns reason, detail, width, height, mode, channels, mean, std
+    ('' reason = accepted).
+    """
     table = RAW_MANIFEST_SCHEMA.validate(manifest.fillna(""), lazy=True).reset_index(drop=True)
     table["reason"] = ""
     table.loc[table["status"] == "unsafe_path", "reason"] = "unsafe_path"
@@ -128,6 +131,9 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path = RAW_FIL
     for index in table.index[table["reason"] == ""]:
         try:
             width, height, mode, _format = probe(files_dir / table.at[index, "path"])
+        except OversizedImage as error:
+            table.loc[index, ["reason", "detail"]] = ["too_large", str(error)]
+            continue
         except UndecodableImage as error:
             table.loc[index, ["reason", "detail"]] = ["undecodable", str(error)]
             continue
@@ -197,10 +203,12 @@ def class_balance(accepted: pd.DataFrame) -> dict[str, Any]:
     return {"counts": {str(k): int(v) for k, v in counts.items()}, "max_min_ratio": ratio}
 
 
-def write_outputs(table: pd.DataFrame, files_dir: Path = RAW_FILES) -> dict[str, Any]:
+def write_outputs(table: pd.DataFrame, layout: Layout) -> dict[str, Any]:
+    """Write the validated manifest and the quarantine (files + manifest); returns the report."""
     accepted = table[table["reason"] == ""]
     quarantined = table[table["reason"] != ""]
-    VALIDATED_MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+    files_dir, quarantine_dir = layout.raw_files, layout.quarantine_dir
+    layout.validated_manifest.parent.mkdir(parents=True, exist_ok=True)
     columns = [
         "path",
         "label",
@@ -213,16 +221,16 @@ def write_outputs(table: pd.DataFrame, files_dir: Path = RAW_FILES) -> dict[str,
         "mean",
         "std",
     ]
-    accepted[columns].to_csv(VALIDATED_MANIFEST, index=False, lineterminator="\n")
+    accepted[columns].to_csv(layout.validated_manifest, index=False, lineterminator="\n")
 
-    if QUARANTINE_DIR.exists():
-        shutil.rmtree(QUARANTINE_DIR)
-    (QUARANTINE_DIR / "files").mkdir(parents=True)
+    if quarantine_dir.exists():
+        shutil.rmtree(quarantine_dir)
+    (quarantine_dir / "files").mkdir(parents=True)
     quarantined[["path", "label", "reason", "detail"]].to_csv(
-        QUARANTINE_DIR / "manifest.csv", index=False, lineterminator="\n"
+        quarantine_dir / "manifest.csv", index=False, lineterminator="\n"
     )
     for path in quarantined["path"][quarantined["sha256"] != ""]:
-        destination = QUARANTINE_DIR / "files" / path
+        destination = quarantine_dir / "files" / path
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files_dir / path, destination)
 
@@ -238,31 +246,23 @@ def write_outputs(table: pd.DataFrame, files_dir: Path = RAW_FILES) -> dict[str,
     }
 
 
-def plot_report(table: pd.DataFrame, report: dict[str, Any], files_dir: Path = RAW_FILES) -> None:
+def plot_report(table: pd.DataFrame, report: dict[str, Any], layout: Layout) -> None:
     """Class balance, image sizes and a grid of quarantined examples, as PNGs in reports/data/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tasks.images import load_converted as load
-
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    files_dir, report_dir = layout.raw_files, layout.data_reports
     counts = report["class_balance"]["counts"]
     figure, axis = plt.subplots(figsize=(max(4, 0.5 * len(counts) + 2), 3))
     axis.bar(list(counts), list(counts.values()), color="#4c72b0")
     axis.set(title="accepted images per class", xlabel="label", ylabel="images")
     figure.tight_layout()
-    figure.savefig(REPORT_DIR / "class_balance.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, report_dir / "class_balance.png")
 
     accepted = table[table["reason"] == ""]
     figure, axis = plt.subplots(figsize=(4, 3))
     axis.scatter(accepted["width"], accepted["height"], s=8, alpha=0.4)
     axis.set(title="image sizes (accepted)", xlabel="width", ylabel="height")
     figure.tight_layout()
-    figure.savefig(REPORT_DIR / "image_sizes.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, report_dir / "image_sizes.png")
 
     quarantined = table[table["reason"] != ""].head(24)
     columns = 6
@@ -274,7 +274,7 @@ def plot_report(table: pd.DataFrame, report: dict[str, Any], files_dir: Path = R
         shown = False
         if row["reason"] not in {"too_large", "unsafe_path", "undecodable"} and row["sha256"]:
             try:
-                axis.imshow(load(files_dir / row["path"], 3))
+                axis.imshow(load_converted(files_dir / row["path"], 3))
                 shown = True
             except UndecodableImage:
                 pass
@@ -284,36 +284,39 @@ def plot_report(table: pd.DataFrame, report: dict[str, Any], files_dir: Path = R
     if quarantined.empty:
         axes.flat[0].text(0.5, 0.5, "nothing quarantined", ha="center", va="center")
     figure.tight_layout()
-    figure.savefig(REPORT_DIR / "quarantine.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, report_dir / "quarantine.png")
 
 
 def main() -> None:
-    params = load_params_or_exit()
-    require(RAW_MANIFEST)
-    manifest = pd.read_csv(RAW_MANIFEST, dtype=str, keep_default_na=False)
-    table = validate(manifest, params.data)
-    report = write_outputs(table)
-    write_json(REPORT_DIR / "validation.json", report)
-    plot_report(table, report)
+    layout = Layout.discover()
+    params = load_params_or_exit(layout.params_file)
+    require(layout.raw_manifest)
+    manifest = pd.read_csv(layout.raw_manifest, dtype=str, keep_default_na=False)
+    table = validate(manifest, params.data, layout.raw_files)
+    report = write_outputs(table, layout)
+    write_json(layout.validation_report, report)
+    plot_report(table, report, layout)
     reasons = ", ".join(f"{k}={v}" for k, v in report["reasons"].items() if v) or "none"
     print(
         f"validate: {report['total']} files: {report['accepted']} accepted, "
-        f"{report['quarantined']} quarantined ({reasons}) -> {VALIDATED_MANIFEST}"
+        f"{report['quarantined']} quarantined ({reasons}) -> "
+        f"{layout.relative(layout.validated_manifest)}"
     )
     ratio = report["class_balance"]["max_min_ratio"]
     if ratio > params.data.imbalance_warn:
         print(
             f"warning: class imbalance {ratio:.1f}x (largest/smallest class) exceeds "
-            f"data.imbalance_warn={params.data.imbalance_warn}; see {REPORT_DIR}/class_balance.png",
+            f"data.imbalance_warn={params.data.imbalance_warn}; see "
+            f"{layout.relative(layout.data_reports / 'class_balance.png')}",
             file=sys.stderr,
         )
     if report["quarantined_fraction"] > params.data.max_quarantined_fraction:
-        raise SystemExit(
-            f"error: {report['quarantined']}/{report['total']} files quarantined "
+        raise ValidationFailed(
+            f"{report['quarantined']}/{report['total']} files quarantined "
             f"({report['quarantined_fraction']:.0%}) > data.max_quarantined_fraction="
-            f"{params.data.max_quarantined_fraction}; see {REPORT_DIR}/validation.json and "
-            f"{QUARANTINE_DIR}/manifest.csv"
+            f"{params.data.max_quarantined_fraction}; see "
+            f"{layout.relative(layout.validation_report)} and "
+            f"{layout.relative(layout.quarantine_dir / 'manifest.csv')}"
         )
 
 

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.config import AugmentConfig
+from tasks.core.config import AugmentConfig
 
 
 class BatchAugment(torch.nn.Module):

@@ -1,7 +1,9 @@
 """How every stage's ``main()`` ends: one clear line for a user's mistake, exit 75 for a blip.
 
-- A :class:`UserError` (bad data source, a split that cannot be made, weights that do not fit,
-  a missing upstream output, a bad override) or a :class:`~tasks.config.ConfigError` prints
+- A :class:`~tasks.core.errors.ConfigError` (params.yaml, a tuned override) prints
+  ``error: <key and what is allowed>`` and exits 2.
+- Any other :class:`~tasks.core.errors.UserError` (bad data source, a split that cannot be made,
+  weights that do not fit, a missing upstream output, too much data quarantined) prints
   ``error: <what is wrong and what to do>`` and exits 1: no traceback, nothing to retry.
 - A transient error (a refused or reset connection, a timeout, S3 endpoint trouble) prints
   ``error (transient): ...`` and exits 75 (EX_TEMPFAIL), which the Prefect flow retries with
@@ -16,7 +18,11 @@ import errno
 import sys
 from collections.abc import Callable
 
-EX_TEMPFAIL = 75
+from tasks.core.errors import ConfigError, UserError
+
+EX_USER = 1  # a mistake in the data or files
+EX_CONFIG = 2  # a mistake in params.yaml, found before any work
+EX_TEMPFAIL = 75  # BSD's EX_TEMPFAIL: try again later; the Prefect flow retries these
 
 _TRANSIENT_ERRNOS = {
     errno.ECONNREFUSED,
@@ -39,10 +45,6 @@ _TRANSIENT_NAMES = {  # by name, so botocore / aiohttp need not be imported to r
     "ServerTimeoutError",
 }
 _ACCESS_NAMES = {"NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId"}
-
-
-class UserError(Exception):
-    """A problem with the user's data, settings or files, phrased as the line to show."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -68,13 +70,14 @@ def is_access_problem(error: BaseException) -> bool:
 
 def stage_main(main: Callable[[], None]) -> None:
     """Run a stage's main() and turn known failures into one line and an exit code."""
-    from tasks.config import ConfigError
-
     try:
         main()
-    except (UserError, ConfigError) as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(EX_CONFIG) from None
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(EX_USER) from None
     except Exception as error:
         if is_access_problem(error):
             print(
@@ -82,7 +85,7 @@ def stage_main(main: Callable[[], None]) -> None:
                 "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and permissions",
                 file=sys.stderr,
             )
-            raise SystemExit(1) from None
+            raise SystemExit(EX_USER) from None
         if not is_transient(error):
             raise
         print(

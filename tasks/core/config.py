@@ -5,7 +5,7 @@ that names the key, the value and what is allowed, e.g.::
 
     params.yaml: train.lr must be > 0, got -1
 
-Check the file on its own with ``python -m tasks.config [path]``.
+Check the file on its own with ``python -m tasks.core.config [path]``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PARAMS_FILE = Path("params.yaml")
+from tasks.core.errors import ConfigError
+from tasks.core.layout import Layout
+
+# PIL refuses to open an image over twice this many pixels (and warns above it): a larger
+# data.max_pixels could never be honoured, so the config refuses it instead.
+PIL_PIXEL_LIMIT = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS, PIL's default decompression-bomb limit
 
 
 class Section(BaseModel):
@@ -33,7 +38,7 @@ class DataConfig(Section):
     image_size: int = Field(16, ge=4, le=1024)
     channels: Literal[1, 3] = 1
     min_size: int = Field(8, ge=1)
-    max_pixels: int = Field(25_000_000, ge=1)
+    max_pixels: int = Field(25_000_000, ge=1, le=PIL_PIXEL_LIMIT)
     classes: list[str] | None = None
     max_quarantined_fraction: float = Field(0.2, ge=0, le=1)
     imbalance_warn: float = Field(3.0, ge=1)
@@ -199,6 +204,17 @@ class TuneSettings(Section):
 
 class EvaluateConfig(Section):
     baseline: Literal["logistic_regression", "svc"] = "logistic_regression"
+    baseline_c: dict[Literal["logistic_regression", "svc"], float] = Field(
+        default_factory=lambda: {"logistic_regression": 1.0, "svc": 10.0}
+    )
+    baseline_max_iter: int = Field(3000, ge=1)
+
+    @model_validator(mode="after")
+    def _positive_c(self) -> EvaluateConfig:
+        for name, value in self.baseline_c.items():
+            if not value > 0:
+                raise ValueError(f"evaluate.baseline_c.{name} must be > 0, got {value}")
+        return self
 
 
 class Params(Section):
@@ -243,10 +259,6 @@ class Params(Section):
         return self
 
 
-class ConfigError(ValueError):
-    """A problem in params.yaml, already phrased as the one line to show the user."""
-
-
 _CONSTRAINT_WORDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -285,13 +297,13 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(current.model_fields)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml.
+def load_params(path: str | Path | None = None) -> Params:
+    """Read and validate params.yaml (default: the current repository's).
 
     Raises:
         ConfigError: with a one-line message naming the offending key.
     """
-    path = Path(path)
+    path = Path(path) if path is not None else Layout.discover().params_file
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as error:
@@ -322,7 +334,7 @@ def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
         raise ConfigError("overrides: " + "; ".join(problems)) from None
 
 
-def load_params_or_exit(path: str | Path = PARAMS_FILE) -> Params:
+def load_params_or_exit(path: str | Path | None = None) -> Params:
     """Like :func:`load_params`, but print the one-line error and exit 2 (for stage mains)."""
     try:
         return load_params(path)
@@ -332,7 +344,7 @@ def load_params_or_exit(path: str | Path = PARAMS_FILE) -> Params:
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Layout.discover().params_file
     load_params_or_exit(path)
     print(f"{path}: ok")
 

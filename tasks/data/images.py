@@ -1,27 +1,39 @@
-"""Decoding images safely and converting any mode to the configured channels."""
+"""Decoding images safely and converting any mode to the configured channels.
+
+The size of an image is judged from its header before any pixel is decoded (`probe`), so a
+decompression bomb costs a few kilobytes. PIL's own decompression-bomb guard stays on for the
+whole process (a service importing this module keeps it): an image over twice PIL's limit
+cannot even be opened and is reported as :class:`OversizedImage`; `data.max_pixels` is capped
+at PIL's limit by the config, so everything sixfold accepts is also something PIL decodes.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
-
-# sixfold checks the pixel count itself (data.max_pixels) from the header, before any pixel is
-# decoded, so PIL's own decompression-bomb guard (which raises at open) is switched off.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from PIL import Image
 
 
 class UndecodableImage(ValueError):
     """The file is not an image PIL can decode completely."""
 
 
+class OversizedImage(ValueError):
+    """The header declares more pixels than PIL agrees to open (a likely decompression bomb)."""
+
+
 def probe(path: str | Path) -> tuple[int, int, str, str]:
     """Width, height, mode and format from the header only; no pixel data is decoded."""
     try:
-        with Image.open(path) as image:
-            return image.width, image.height, image.mode, image.format or ""
+        with warnings.catch_warnings():
+            # between PIL's limit and twice it PIL only warns; the caller judges the size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width, image.height, image.mode, image.format or ""
+    except Image.DecompressionBombError as error:
+        raise OversizedImage(_short(error)) from error
     except Exception as error:  # PIL raises many types for bad input
         raise UndecodableImage(_short(error)) from error
 

@@ -1,0 +1,31 @@
+"""The errors sixfold shows as one line instead of a traceback.
+
+A :class:`UserError` is a problem with the user's data, settings or files, already phrased as
+the line to show (what is wrong and what to do). The stage runner (`tasks.core.runner`) prints
+it and exits 1 (2 for a :class:`ConfigError`); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with the user's data, settings or files, phrased as the line to show."""
+
+
+class ConfigError(UserError, ValueError):
+    """A problem in params.yaml (or an override of it), naming the key."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """An upstream stage's output is not there (the stage was run out of order)."""
+
+
+def require(*paths: str | Path) -> None:
+    """Raise MissingInput naming the first of `paths` that does not exist."""
+    for path in paths:
+        if not Path(path).exists():
+            raise MissingInput(
+                f"{path} is missing; run the stages before this one first (`dvc repro`)"
+            )

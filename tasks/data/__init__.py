@@ -1,0 +1,1 @@
+"""Data: sources, safe decoding, splitting, leakage checks, augmentation, packed arrays."""

@@ -1,0 +1,1 @@
+"""Modeling: networks, pretrained weights, preprocessing, the model artifact, fitting."""

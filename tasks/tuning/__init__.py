@@ -1,0 +1,1 @@
+"""Tuning: the Ray Tune search space, searcher, trainable, runtime and reports."""

@@ -1,0 +1,44 @@
+"""Starting Ray: a local Ray on this machine's CPUs, or joining a cluster (`tune.address`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FAIL_ONCE_ENV = "SIXFOLD_TUNE_FAIL_ONCE"  # fault injection for tests: a marker file path
+
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
+
+
+def keep_ray_on_loopback(address: str | None) -> None:
+    """For a local Ray (or a cluster on 127.0.0.1), make Ray use the loopback address.
+
+    Ray otherwise rewrites 127.0.0.1 to the machine's outward IP (so remote nodes could reach
+    it), which fails to reach a head started with --node-ip-address=127.0.0.1 and sends a
+    one-machine search over a real interface. Must run before `ray` is imported.
+    """
+    if address is None or address.split("://")[-1].startswith(LOOPBACK_HOSTS):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def start_ray(address: str | None, root: Path) -> None:
+    keep_ray_on_loopback(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    runtime_env = {
+        "working_dir": str(root),
+        "excludes": [".venv", ".git", ".dvc", "data", "models", "reports", "**/__pycache__"],
+        "env_vars": {k: v for k, v in os.environ.items() if k == FAIL_ONCE_ENV},
+    }
+    if address is None:
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    else:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)

@@ -1,0 +1,121 @@
+"""The searchers: Optuna's TPE that never trains a configuration twice, or random search.
+
+Once TPE exploits, it often suggests a configuration it has already tried (always likely on
+`choice` and `int` spaces). Training it again costs a whole trial and, under ASHA, a repeat of
+the best trial ties it at each rung and is promoted to the end. :class:`DistinctSuggestions`
+wraps any Ray searcher through Ray's public Searcher interface (as Ray's own
+ConcurrencyLimiter does): a repeat is told the earlier trial's result (pruned while that one
+still runs) and the searcher is asked again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from typing import Any
+
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+REDRAWS = 50  # then a repeat is trained after all (a space with nothing new left)
+
+
+def config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+class DistinctSuggestions(Searcher):
+    """Wraps `searcher` so that no configuration is suggested twice."""
+
+    def __init__(self, searcher: Searcher, redraws: int = REDRAWS) -> None:
+        self.searcher = searcher
+        self.redraws = redraws
+        self.results: dict[str, float | None] = {}  # config -> its result (None: not yet known)
+        self.config_of: dict[str, dict[str, Any]] = {}  # Tune's trial id -> its config
+        self.inner_id: dict[str, str] = {}  # Tune's trial id -> the id the searcher knows
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    @property
+    def metric(self) -> str | None:
+        return self.searcher.metric
+
+    @property
+    def mode(self) -> str | None:
+        return self.searcher.mode
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        asked = trial_id
+        config = self.searcher.suggest(asked)
+        for redraw in range(1, self.redraws + 1):
+            if not isinstance(config, dict) or config_key(config) not in self.results:
+                break
+            earlier = self.results[config_key(config)]
+            # tell the searcher what the repeat would give: pruned while the original runs
+            result = None if earlier is None else {self.metric: earlier}
+            self.searcher.on_trial_complete(asked, result=result)
+            asked = f"{trial_id}-redraw{redraw}"
+            config = self.searcher.suggest(asked)
+        self.inner_id[trial_id] = asked
+        if isinstance(config, dict):
+            self.results.setdefault(config_key(config), None)
+            self.config_of[trial_id] = config
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(self.inner_id.get(trial_id, trial_id), result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        value = (result or {}).get(self.metric)
+        config = self.config_of.get(trial_id)
+        if value is not None and config is not None:
+            self.results[config_key(config)] = value
+        inner = self.inner_id.get(trial_id, trial_id)
+        self.searcher.on_trial_complete(inner, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            inner_path = os.path.join(folder, "inner.pkl")
+            self.searcher.save(inner_path)
+            with open(inner_path, "rb") as handle:
+                inner = handle.read()
+        state = {"results": self.results, "config_of": self.config_of, "inner_id": self.inner_id}
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump({"inner": inner, "state": state}, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            saved = pickle.load(handle)  # Ray's own searcher checkpoints are pickles too
+        with tempfile.TemporaryDirectory() as folder:
+            inner_path = os.path.join(folder, "inner.pkl")
+            with open(inner_path, "wb") as handle:
+                handle.write(saved["inner"])
+            self.searcher.restore(inner_path)
+        self.results = saved["state"]["results"]
+        self.config_of = saved["state"]["config_of"]
+        self.inner_id = saved["state"]["inner_id"]
+
+
+def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -> Any:
+    """Optuna's TPE (with a short random start, so small budgets still exploit) or random search."""
+    if kind == "random":
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = min(10, max(2, num_samples // 3))  # Optuna's default of 10 is most of a small search
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    return ConcurrencyLimiter(
+        DistinctSuggestions(OptunaSearch(sampler=sampler)), max_concurrent=max_concurrent
+    )
