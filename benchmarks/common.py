@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.io import write_json
+from tasks.core.io import write_json
+from tasks.core.layout import Layout
 
-BENCH_DIR = Path("reports/bench")
+LAYOUT = Layout.discover()  # the repository around the working directory: every path is in it
+BENCH_DIR = LAYOUT.reports_dir / "bench"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -27,17 +29,18 @@ def median_seconds(action: Callable[[], Any], repeats: int = 5) -> tuple[float, 
 
 
 def command(*arguments: str) -> Callable[[], subprocess.CompletedProcess[str]]:
-    """A callable running a venv command, failing loudly."""
+    """A callable running a venv command in the repository root, failing loudly."""
     executable = VENV_BIN / arguments[0]
     argv = [str(executable) if executable.exists() else arguments[0], *arguments[1:]]
-    return lambda: subprocess.run(argv, check=True, capture_output=True, text=True)
+    return lambda: subprocess.run(argv, check=True, capture_output=True, text=True, cwd=LAYOUT.root)
 
 
 def report(name: str, result: dict[str, Any]) -> None:
-    write_json(BENCH_DIR / f"{name}.json", result)
+    path = BENCH_DIR / f"{name}.json"
+    write_json(path, result)
     shown = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in result.items()
         if not isinstance(v, list | dict)
     )
-    print(f"{name}: {shown} -> {BENCH_DIR / name}.json")
+    print(f"{name}: {shown} -> {LAYOUT.relative(path)}")

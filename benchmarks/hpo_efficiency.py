@@ -20,15 +20,15 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import report
-from tasks.config import load_params, with_overrides
-from tasks.datasets import PACKED_DIR, load_split
-from tasks.io import read_json
-from tasks.tune import keep_ray_on_loopback, make_searcher, run_trial, start_ray
+from tasks.core.config import load_params, with_overrides
+from tasks.core.layout import Layout
+from tasks.data.packed import Arrays, PackedMeta, load_split
+from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
+from tasks.tuning.trainable import run_trial
 
 EPOCHS = 9
 GRID = {
@@ -79,7 +79,8 @@ def _search(trainable, space: dict, searcher, scheduler, samples: int, storage: 
 
 
 def main() -> None:
-    params = load_params()
+    layout = Layout.discover()
+    params = load_params(layout.params_file)
     params = with_overrides(
         params,
         {
@@ -89,18 +90,20 @@ def main() -> None:
             "train.schedule": SCHEDULE,
         },
     )
-    meta = read_json(PACKED_DIR / "meta.json")
-    val = [load_split(name, PACKED_DIR) for name in ("val", "test")]
-    arrays = {
-        "train": load_split("train", PACKED_DIR),
-        "val": (np.concatenate([x for x, _ in val]), np.concatenate([y for _, y in val])),
-    }
+    meta = PackedMeta.load(layout.packed_meta)
+    val = [load_split(name, layout.packed_dir) for name in ("val", "test")]
+    arrays = Arrays(
+        train=load_split("train", layout.packed_dir),
+        val=(np.concatenate([x for x, _ in val]), np.concatenate([y for _, y in val])),
+    )
     keep_ray_on_loopback(None)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    start_ray(None, Path.cwd())
+    from tasks.tuning.searcher import make_searcher  # imports ray: after keep_ray_on_loopback
+
+    start_ray(None, layout.root)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, base=params.model_dump(mode="json"), arrays=arrays, meta=meta

@@ -14,70 +14,71 @@ from __future__ import annotations
 
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from benchmarks.common import report
-from tasks.augmentation import BatchAugment
-from tasks.config import load_params
-from tasks.datasets import PACKED_DIR
-from tasks.io import read_json
-from tasks.train import (
-    Classifier,
-    History,
-    PackedBatches,
-    PackedDataModule,
-    _quiet_fit,
-    _trainer,
-    load_arrays,
-    lr_schedule,
+from benchmarks.common import BENCH_DIR, report
+from tasks.core.config import Params, load_params
+from tasks.core.layout import Layout
+from tasks.data.augmentation import BatchAugment
+from tasks.data.packed import Arrays, PackedMeta, load_arrays
+from tasks.modeling.batches import PackedBatches, PackedDataModule
+from tasks.modeling.callbacks import History
+from tasks.modeling.fit import (
+    build_trainer,
+    make_module,
     make_network,
+    preprocessing_for,
+    quiet_fit,
+    steps_per_epoch,
 )
+from tasks.modeling.module import lr_schedule
 
 EPOCHS = 5
 ROUNDS = 3
 
 
-def _params():
-    params = load_params()
+def _params(layout: Layout) -> Params:
+    params = load_params(layout.params_file)
     train = params.train.model_copy(
         update={"max_epochs": EPOCHS, "patience": 10_000, "accelerator": "cpu", "devices": 1}
     )
     return params.model_copy(update={"train": train})
 
 
-def lightning_run(params, arrays, meta) -> float:
+def lightning_run(params: Params, arrays: Arrays, meta: PackedMeta) -> float:
     L.seed_everything(params.seed, verbose=False)
     from dvclive.lightning import DVCLiveLogger
 
     with tempfile.TemporaryDirectory() as scratch:
-        network = make_network(params, meta)
-        module = Classifier(network, len(meta["classes"]), params, meta)
-        steps = -(-len(arrays["train"][1]) // params.train.batch_size)
+        module = make_module(params, meta)
+        steps = steps_per_epoch(arrays, params.train.batch_size)
         checkpoint = ModelCheckpoint(
             dirpath=scratch, filename="best", monitor="val_acc", mode="max", save_last=True
         )
         logger = DVCLiveLogger(dir=f"{scratch}/dvclive", save_dvc_exp=False, dvcyaml=False)
-        trainer = _trainer(params, [History(), checkpoint], logger=logger, steps_per_epoch=steps)
+        trainer = build_trainer(
+            params, [History(), checkpoint], logger=logger, steps_per_epoch=steps
+        )
         data = PackedDataModule(arrays, params.train.batch_size, params.seed)
         start = time.perf_counter()
-        _quiet_fit(trainer, module, data)
+        quiet_fit(trainer, module, data)
         return time.perf_counter() - start
 
 
-def plain_run(params, arrays, meta, epochs: int = EPOCHS) -> float:
+def plain_run(params: Params, arrays: Arrays, meta: PackedMeta, epochs: int = EPOCHS) -> float:
     torch.manual_seed(params.seed)
     train = params.train
     network = make_network(params, meta)
-    channels = meta["channels"]
-    mean = torch.tensor(meta["mean"]).view(1, channels, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, channels, 1, 1)
+    preprocessing = preprocessing_for(meta)  # the one preprocessing, as the Lightning side's
     augment = BatchAugment(params.augment)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
-    tensors = {k: (torch.from_numpy(x), torch.from_numpy(y).long()) for k, (x, y) in arrays.items()}
+    tensors = {
+        k: (torch.from_numpy(x), torch.from_numpy(y).long())
+        for k, (x, y) in arrays.splits().items()
+    }
     train_batches = PackedBatches(*tensors["train"], train.batch_size, True, params.seed)
     val_batches = PackedBatches(*tensors["val"], train.batch_size, False, params.seed)
     optimizer = torch.optim.AdamW(
@@ -91,7 +92,7 @@ def plain_run(params, arrays, meta, epochs: int = EPOCHS) -> float:
         generator = torch.Generator().manual_seed(params.seed + epoch)
         train_correct = 0
         for images, labels in train_batches:
-            images = (augment(images.float().div_(255.0), generator) - mean) / std
+            images = preprocessing.normalize(augment(preprocessing.scale(images), generator))
             logits = network(images)
             loss = loss_fn(logits, labels)
             train_correct += int((logits.argmax(1) == labels).sum())  # Lightning logs train_acc
@@ -105,16 +106,16 @@ def plain_run(params, arrays, meta, epochs: int = EPOCHS) -> float:
         correct = 0
         with torch.no_grad():
             for images, labels in val_batches:
-                logits = network((images.float().div_(255.0) - mean) / std)
+                logits = network(preprocessing.normalize(preprocessing.scale(images)))
                 correct += int((logits.argmax(1) == labels).sum())
     return time.perf_counter() - start
 
 
 def main() -> None:
-    params = _params()
-    meta = read_json(PACKED_DIR / "meta.json")
-    arrays = load_arrays()
-    arrays.pop("test")
+    layout = Layout.discover()
+    params = _params(layout)
+    meta = PackedMeta.load(layout.packed_meta)
+    arrays = load_arrays(layout, with_test=False)
     torch.use_deterministic_algorithms(True)  # what Lightning's deterministic=True sets, for both
     lightning_times, plain_times = [], []
     # the first fit in a process is slower for either (allocator, kernels, caches): warm up both,
@@ -132,7 +133,7 @@ def main() -> None:
             "plain_s": plain_s,
             "ratio": lightning_s / plain_s,
             "epochs": EPOCHS,
-            "train_images": len(arrays["train"][1]),
+            "train_images": len(arrays.train[1]),
             "batch_size": params.train.batch_size,
             "lightning_runs": lightning_times,
             "plain_runs": plain_times,
@@ -142,5 +143,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    Path("reports/bench").mkdir(parents=True, exist_ok=True)
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
     main()

@@ -14,31 +14,31 @@ import time
 import torch
 
 from benchmarks.common import report
-from tasks.config import load_params, with_overrides
-from tasks.datasets import PACKED_DIR, load_arrays
-from tasks.io import read_json
-from tasks.train import fit_once
+from tasks.core.config import Params, load_params, with_overrides
+from tasks.core.layout import Layout
+from tasks.data.packed import Arrays, PackedMeta, load_arrays
+from tasks.modeling.fit import fit_once
 
 EPOCHS = 3
 
 
-def images_per_second(params, arrays: dict, meta: dict) -> float:
+def images_per_second(params: Params, arrays: Arrays, meta: PackedMeta) -> float:
     start = time.perf_counter()
     _network, history = fit_once(params, arrays, meta)
     elapsed = time.perf_counter() - start
-    return len(history.epochs) * len(arrays["train"][1]) / elapsed
+    return len(history.epochs) * len(arrays.train[1]) / elapsed
 
 
 def main() -> None:
+    layout = Layout.discover()
     on_gpu = torch.cuda.is_available()
     mixed = "bf16-mixed" if (not on_gpu or torch.cuda.is_bf16_supported()) else "16-mixed"
     base = with_overrides(
-        load_params(),
+        load_params(layout.params_file),
         {"train.max_epochs": EPOCHS, "train.patience": EPOCHS + 1, "train.accelerator": "auto"},
     )
-    meta = read_json(PACKED_DIR / "meta.json")
-    arrays = load_arrays()
-    arrays.pop("test")
+    meta = PackedMeta.load(layout.packed_meta)
+    arrays = load_arrays(layout, with_test=False)
     warm_up = {"train.max_epochs": 1, "train.patience": 2}  # first-fit costs out of the timing
     images_per_second(with_overrides(base, warm_up), arrays, meta)
     full = images_per_second(with_overrides(base, {"train.precision": "32-true"}), arrays, meta)
@@ -52,7 +52,7 @@ def main() -> None:
             "mixed_precision": mixed,
             "ratio": half / full,
             "epochs": EPOCHS,
-            "train_images": len(arrays["train"][1]),
+            "train_images": len(arrays.train[1]),
             "arch": base.model.arch,
         },
     )

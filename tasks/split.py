@@ -26,10 +26,8 @@ from tasks.core.io import write_json
 from tasks.core.layout import SPLITS, Layout
 from tasks.core.runner import stage_main
 from tasks.data.leakage import near_duplicates_across, perceptual_hashes
-from tasks.data.packed import PackedMeta, natural_key, pack
+from tasks.data.packed import MIN_STD, PackedMeta, natural_key, pack
 from tasks.data.splitting import assign_folds, assign_splits
-
-MIN_STD = 1e-6
 
 
 def split_and_pack(
@@ -115,7 +113,6 @@ def split_and_pack(
         image_size=data.image_size,
         channels=data.channels,
         mean=[float(v) for v in train.mean(axis=(0, 2, 3))],
-        # a constant channel has std 0: floor it so normalization never divides by zero
         std=[float(max(v, MIN_STD)) for v in train.std(axis=(0, 2, 3))],
         counts={name: len(arrays[name]) for name in SPLITS},
         near_duplicate_pairs_across_splits=leaks,

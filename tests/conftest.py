@@ -1,6 +1,8 @@
 """Shared fixtures: a temporary copy of the repository with a shrunk config, a real S3 API server.
 
 Tests build the real configuration and shrink it (few epochs, CPU) rather than mocking stages.
+`tests/code/` holds the tests of code (fast), `tests/system/` the end-to-end ones (marked
+`slow`); tests marked `gpu` are skipped here on a machine without a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +32,22 @@ SHRUNK = {
 }
 
 
-def _free_port() -> int:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `gpu` tests where there is no CUDA GPU (the one place that decides it)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return  # torch is not imported for runs that need no answer
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (it is released when the probe closes)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -82,9 +99,9 @@ def run(
     return result
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A fresh copy of the repository's committed files (git + DVC initialised), shrunk config."""
+def copy_of_repository(destination: Path, overrides: dict[str, Any]) -> Path:
+    """A fresh copy of the repository's committed (and untracked, not ignored) files at
+    `destination`, with `overrides` applied to params.yaml, committed in a new git repository."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
@@ -92,7 +109,6 @@ def repo(tmp_path: Path) -> Path:
         text=True,
         check=True,
     ).stdout.split("\0")
-    destination = tmp_path / "repo"
     for name in filter(None, files):
         source = REPO_ROOT / name
         if source.is_file():
@@ -100,10 +116,31 @@ def repo(tmp_path: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     (destination / "dvc.lock").unlink(missing_ok=True)  # start as a fresh clone would
-    write_params(destination, SHRUNK)
+    write_params(destination, overrides)
     run(["git", "init", "-q"], destination)
     run(["git", "add", "-A"], destination)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], destination)
+    return destination
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh copy of the repository (git + DVC initialised) with the shrunk config."""
+    return copy_of_repository(tmp_path / "repo", SHRUNK)
+
+
+# Enough training for a model worth checking (about a minute on 2 CPU cores); no search (the tune
+# stage records the params.yaml values).
+TRAINED = {"train": {"max_epochs": 15, "accelerator": "cpu"}, "tune": {"enabled": False}}
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run of the whole pipeline (`dvc repro`) on the digits, shared by the data and
+    model tests: the real params.yaml with fewer epochs and no search."""
+    destination = copy_of_repository(tmp_path_factory.mktemp("trained") / "repo", TRAINED)
+    run(["python", "-m", "tasks.source"], destination)
+    run(["dvc", "repro"], destination)
     return destination
 
 
@@ -113,7 +150,7 @@ def s3_server() -> Iterator[str]:
 
     Credentials exist only in the environment, as they would for a real bucket.
     """
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -140,3 +177,32 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     return environment
+
+
+# --------------------------------------------------------------------------- data stages, once
+# per test module: tests/code/test_split_augment.py and tests/system/test_split_augment_pipeline.py
+# read the same run (helpers in tests/stages.py, imported here lazily: it imports this module)
+
+
+@pytest.fixture(scope="module")
+def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-folder source of the first PER_CLASS bundled digits of each class."""
+    from tasks.data.sources import write_digits
+    from tests.stages import PER_CLASS
+
+    folder = tmp_path_factory.mktemp("digits-subset")
+    write_digits(folder)
+    for class_folder in folder.iterdir():
+        for extra in sorted(class_folder.iterdir())[PER_CLASS:]:
+            extra.unlink()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(digits_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ingest -> validate -> split -> augment with seed 42 and train.cv_folds=3."""
+    from tests.stages import digits_overrides, run_stages
+
+    work = tmp_path_factory.mktemp("run-seed42")
+    run_stages(work, digits_overrides(digits_source), hash_seed=1)
+    return work

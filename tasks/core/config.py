@@ -18,8 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.core.errors import ConfigError
+from tasks.core.errors import ConfigError, shown
 from tasks.core.layout import Layout
+from tasks.core.secrets import secret_looking_keys
 
 # PIL refuses to open an image over twice this many pixels (and warns above it): a larger
 # data.max_pixels could never be honoured, so the config refuses it instead.
@@ -58,12 +59,12 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _no_secrets(self) -> DataConfig:
-        secret_keys = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key"}
-        leaked = sorted(secret_keys & {k.lower() for k in self.storage_options})
+        leaked = secret_looking_keys(self.storage_options, "data.storage_options")
         if leaked:
             raise ValueError(
                 f"data.storage_options must not hold secrets (found {', '.join(leaked)}); "
-                "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile instead"
+                "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) or an AWS "
+                "profile instead"
             )
         return self
 
@@ -245,7 +246,7 @@ class Params(Section):
             else:  # uniform draws from [low, high): the bound itself is never drawn
                 low, high = float(dimension.low or 0), float(dimension.high or 0)
                 candidates = [(low, low), (high, math.nextafter(high, low))]
-            for shown, value in candidates:
+            for allowed, value in candidates:
                 try:
                     type(section).model_validate({**section.model_dump(), name: value})
                 except ValidationError as error:
@@ -253,7 +254,7 @@ class Params(Section):
                     if error.errors()[0]["type"] != "value_error":  # those name their key
                         problem = f"{section_name}.{problem}"
                     raise ValueError(
-                        f"tune.space.{key} allows {shown!r}, which {key} does not accept "
+                        f"tune.space.{key} allows {allowed!r}, which {key} does not accept "
                         f"({problem})"
                     ) from None
         return self
@@ -304,19 +305,20 @@ def load_params(path: str | Path | None = None) -> Params:
         ConfigError: with a one-line message naming the offending key.
     """
     path = Path(path) if path is not None else Layout.discover().params_file
+    name = shown(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as error:
-        raise ConfigError(f"{path}: not found (run from the repository root)") from error
+        raise ConfigError(f"{name}: not found (run inside a sixfold repository)") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from error
+        raise ConfigError(f"{name}: not valid YAML: {error}".replace("\n", " ")) from error
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{name}: must be a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
         problems = [_describe(item, Params) for item in error.errors()]
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+        raise ConfigError(f"{name}: " + "; ".join(problems)) from None
 
 
 def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
@@ -346,7 +348,7 @@ def load_params_or_exit(path: str | Path | None = None) -> Params:
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Layout.discover().params_file
     load_params_or_exit(path)
-    print(f"{path}: ok")
+    print(f"{shown(path)}: ok")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tasks.core.errors import MissingInput, UserError
+from tasks.core.errors import MissingInput, UserError, shown
 from tasks.core.io import write_json
 
 
@@ -41,21 +41,22 @@ class VersionedFile(BaseModel):
     @classmethod
     def load(cls, path: Path) -> Self:
         """Read and check `path`. Raises MissingInput or IncompatibleFile with one line."""
+        name = shown(path)
         if not path.exists():
-            raise MissingInput(f"{path} is missing; run {cls.PRODUCER} first (`dvc repro`)")
+            raise MissingInput(f"{name} is missing; run {cls.PRODUCER} first (`dvc repro`)")
         try:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise IncompatibleFile(
-                f"{path}: not valid JSON ({error}); re-run {cls.PRODUCER}"
+                f"{name}: not valid JSON ({error}); re-run {cls.PRODUCER}"
             ) from None
         if not isinstance(raw, dict):
-            raise IncompatibleFile(f"{path}: not a JSON object; re-run {cls.PRODUCER}")
+            raise IncompatibleFile(f"{name}: not a JSON object; re-run {cls.PRODUCER}")
         version = raw.get("format_version")
         if version != cls.FORMAT_VERSION:
             found = "no format_version" if version is None else f"format version {version!r}"
             raise IncompatibleFile(
-                f"{path}: {found}, this sixfold reads version {cls.FORMAT_VERSION}; "
+                f"{name}: {found}, this sixfold reads version {cls.FORMAT_VERSION}; "
                 f"re-run {cls.PRODUCER} (`dvc repro`)"
             )
         try:
@@ -66,5 +67,5 @@ class VersionedFile(BaseModel):
                 for item in error.errors()[:3]
             )
             raise IncompatibleFile(
-                f"{path}: incomplete or malformed ({problems}); re-run {cls.PRODUCER}"
+                f"{name}: incomplete or malformed ({problems}); re-run {cls.PRODUCER}"
             ) from None

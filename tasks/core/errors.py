@@ -22,10 +22,18 @@ class MissingInput(UserError, FileNotFoundError):
     """An upstream stage's output is not there (the stage was run out of order)."""
 
 
+def shown(path: str | Path) -> str:
+    """`path` as a message shows it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def require(*paths: str | Path) -> None:
     """Raise MissingInput naming the first of `paths` that does not exist."""
     for path in paths:
         if not Path(path).exists():
             raise MissingInput(
-                f"{path} is missing; run the stages before this one first (`dvc repro`)"
+                f"{shown(path)} is missing; run the stages before this one first (`dvc repro`)"
             )

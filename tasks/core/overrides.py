@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from tasks.core.config import Params, with_overrides
-from tasks.core.errors import ConfigError, UserError
+from tasks.core.errors import ConfigError, UserError, shown
 
 
 def write_best_params(path: Path, values: dict[str, Any], source: str) -> None:
@@ -28,13 +28,14 @@ def read_best_params(path: Path) -> dict[str, Any]:
     """The tuned values ({"train.lr": ...}) or {} when the file does not exist."""
     if not path.exists():
         return {}
+    name = shown(path)
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         problem = str(error).replace("\n", " ")
-        raise UserError(f"{path}: not valid YAML ({problem}); re-run the tune stage") from None
+        raise UserError(f"{name}: not valid YAML ({problem}); re-run the tune stage") from None
     if not isinstance(values, dict):
-        raise UserError(f"{path}: must map settings to values, got {type(values).__name__}")
+        raise UserError(f"{name}: must map settings to values, got {type(values).__name__}")
     return values
 
 
@@ -46,4 +47,4 @@ def apply_tuned(params: Params, path: Path) -> tuple[Params, dict[str, Any]]:
     try:
         return with_overrides(params, tuned), tuned
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}; re-run the tune stage") from None
+        raise ConfigError(f"{shown(path)}: {error}; re-run the tune stage") from None

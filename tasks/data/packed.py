@@ -23,6 +23,8 @@ from tasks.core.layout import SPLITS, Layout
 from tasks.data.images import load_converted, resize
 
 Split = tuple[np.ndarray, np.ndarray]  # images (N, C, H, W) uint8, integer labels (N,)
+# a constant channel has std 0: its std is floored so normalization never divides by zero
+MIN_STD = 1e-6
 
 
 class PackedMeta(VersionedFile):

@@ -29,7 +29,8 @@ def start_ray(address: str | None, root: Path) -> None:
 
     runtime_env = {
         "working_dir": str(root),
-        "excludes": [".venv", ".git", ".dvc", "data", "models", "reports", "**/__pycache__"],
+        # anchored at the root: a bare "data" would also leave out the tasks/data package
+        "excludes": ["/.venv", "/.git", "/.dvc", "/data", "/models", "/reports", "**/__pycache__"],
         "env_vars": {k: v for k, v in os.environ.items() if k == FAIL_ONCE_ENV},
     }
     if address is None:

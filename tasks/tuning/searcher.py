@@ -10,10 +10,8 @@ still runs) and the searcher is asked again.
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import pickle
-import tempfile
 from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -84,27 +82,17 @@ class DistinctSuggestions(Searcher):
         inner = self.inner_id.get(trial_id, trial_id)
         self.searcher.on_trial_complete(inner, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            inner_path = os.path.join(folder, "inner.pkl")
-            self.searcher.save(inner_path)
-            with open(inner_path, "rb") as handle:
-                inner = handle.read()
-        state = {"results": self.results, "config_of": self.config_of, "inner_id": self.inner_id}
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"inner": inner, "state": state}, handle)
+    # Ray saves a wrapper's own state with get_state (the wrapped searcher saves itself), as for
+    # its ConcurrencyLimiter; a restored search keeps knowing which configurations it has tried
+    def get_state(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {"results": self.results, "config_of": self.config_of, "inner_id": self.inner_id}
+        )
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            saved = pickle.load(handle)  # Ray's own searcher checkpoints are pickles too
-        with tempfile.TemporaryDirectory() as folder:
-            inner_path = os.path.join(folder, "inner.pkl")
-            with open(inner_path, "wb") as handle:
-                handle.write(saved["inner"])
-            self.searcher.restore(inner_path)
-        self.results = saved["state"]["results"]
-        self.config_of = saved["state"]["config_of"]
-        self.inner_id = saved["state"]["inner_id"]
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.results = dict(state["results"])
+        self.config_of = dict(state["config_of"])
+        self.inner_id = dict(state["inner_id"])
 
 
 def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -> Any:

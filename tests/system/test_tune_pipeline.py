@@ -1,11 +1,13 @@
-"""Hyperparameter search: config, disabled mode, crash retry, resume, and a real Ray cluster."""
+"""End to end: searches on Ray (crash retry, CV trials, resume after Ctrl-C, an existing cluster).
+
+Stages run as `python -m tasks.<stage>` in a temporary repository copy.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,85 +16,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import ConfigError, Params, load_params
-from tasks.tune import make_searcher, search_space, trial_params
-from tests.conftest import REPO_ROOT, VENV_BIN, run, write_params
+from tasks.tuning.runtime import FAIL_ONCE_ENV
+from tests.conftest import VENV_BIN, free_port, run, write_params
 
 # a search small enough for the 2-core machine: 3 trials x 2 epochs on un-augmented data
 SMALL_SEARCH = {
     "tune": {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "max_concurrent": 2},
     "augment": {"copies": 0},
 }
-
-
-def _params(overrides: dict) -> Params:
-    raw = load_params(REPO_ROOT / "params.yaml").model_dump()
-    for section, values in overrides.items():
-        raw[section] = {**raw[section], **values}
-    return Params.model_validate(raw)
-
-
-def test_space_keys_must_name_real_settings(tmp_path: Path) -> None:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["tune"]["space"]["train"]["learning_rate"] = {"type": "uniform", "low": 0, "high": 1}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError, match=r"tune\.space\.train\.learning_rate names no train"):
-        load_params(path)
-
-
-def test_dimension_bounds_are_checked(tmp_path: Path) -> None:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["tune"]["space"]["train"]["lr"] = {"type": "loguniform", "low": 0, "high": 1}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError, match="loguniform dimension needs low > 0"):
-        load_params(path)
-
-
-def test_search_space_and_trial_params() -> None:
-    params = _params({})
-    space = search_space(params.tune.flat_space())
-    assert set(space) == {"train.lr", "train.weight_decay", "model.dropout"}
-    sampled = trial_params(
-        params.model_dump(mode="json"), {"train.lr": 0.002, "model.dropout": 0.1}
-    )
-    assert sampled.train.lr == 0.002 and sampled.model.dropout == 0.1
-    assert sampled.train.max_epochs == params.tune.max_epochs
-    assert sampled.train.accelerator == "cpu" and sampled.train.devices == 1
-
-
-def test_tpe_never_trains_a_configuration_twice() -> None:
-    """On a small `choice` space plain TPE repeats its best configuration once it exploits."""
-    from ray import tune
-
-    space = {name: tune.choice([0, 1, 2]) for name in ("a", "b")} | {"c": tune.choice([0, 1])}
-    searcher = make_searcher("optuna", 14, 1, seed=3)
-    searcher.set_search_properties("score", "max", space)
-    suggested = []
-    for index in range(14):
-        config = searcher.suggest(f"trial_{index}")
-        suggested.append(json.dumps(config, sort_keys=True))
-        score = config["a"] + 0.1 * config["b"] + 0.01 * config["c"]
-        searcher.on_trial_complete(f"trial_{index}", {"score": score})
-    assert len(set(suggested)) == len(suggested) == 14
-    # with every one of the 18 configurations tried, a repeat is trained rather than none
-    for index in range(14, 19):
-        assert searcher.suggest(f"trial_{index}") is not None
-        searcher.on_trial_complete(f"trial_{index}", {"score": 0.0})
-
-
-def test_disabled_search_writes_the_params_values(repo: Path) -> None:
-    write_params(repo, {"tune": {"enabled": False}})
-    result = run(["python", "-m", "tasks.tune"], repo)
-    assert "tune: disabled" in result.stdout
-    best = yaml.safe_load((repo / "models" / "tune" / "best_params.yaml").read_text())
-    params = load_params(repo / "params.yaml")
-    assert best == {
-        "train.lr": params.train.lr,
-        "train.weight_decay": params.train.weight_decay,
-        "model.dropout": params.model.dropout,
-    }
 
 
 def _prepare(repo: Path) -> None:
@@ -111,7 +42,7 @@ def test_a_trial_that_crashes_once_is_retried_and_the_search_completes(
     write_params(repo, SMALL_SEARCH)
     _prepare(repo)
     marker = tmp_path / "crashed-once"
-    result = run(["python", "-m", "tasks.tune"], repo, env={"SIXFOLD_TUNE_FAIL_ONCE": str(marker)})
+    result = run(["python", "-m", "tasks.tune"], repo, env={FAIL_ONCE_ENV: str(marker)})
     assert marker.exists(), "the injected failure never fired"
     crashed_trial = marker.read_text()
     trials = pd.read_csv(repo / "reports" / "tune" / "trials.csv", dtype={"trial_id": str})
@@ -182,7 +113,11 @@ def test_an_interrupted_search_resumes(repo: Path, tmp_path: Path) -> None:
         assert first.poll() is None, log_path.read_text()[-3000:]
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
-    assert first.returncode != 0
+    # SearchInterrupted is a UserError: exit 1 with one line saying how to go on
+    log = log_path.read_text()
+    assert first.returncode == 1, log[-3000:]
+    assert "error: tune: search interrupted (" in log and "run again to resume it" in log
+    assert "Traceback" not in log, log[-3000:]
     assert not (repo / "reports" / "tune" / "summary.json").exists()
 
     second = run(["python", "-m", "tasks.tune"], repo)
@@ -193,15 +128,9 @@ def test_an_interrupted_search_resumes(repo: Path, tmp_path: Path) -> None:
     assert (trials["status"] == "finished").all() and (trials["epochs_run"] == 3).all()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_trials_run_on_an_existing_ray_cluster(repo: Path) -> None:
-    port = _free_port()
+    port = free_port()
     ray = str(VENV_BIN / "ray")
     # everything on 127.0.0.1: Ray would otherwise advertise the machine's outward address
     # and `ray start` turns on token authentication (Ray 2.60): clients must use the token mode

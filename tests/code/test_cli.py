@@ -1,21 +1,16 @@
-"""How stages fail: one line for a user's mistake, exit 75 (retried by the flow) for a blip."""
+"""How stages fail: one line for a user's mistake (exit 1, or 2 for a config mistake), exit 75
+(retried by the flow) for a blip."""
 
 from __future__ import annotations
 
 import errno
-import socket
 from pathlib import Path
 
 import pytest
 
-from tasks.cli import EX_TEMPFAIL, UserError, is_transient, stage_main
-from tests.conftest import run, write_params
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # released on close: nothing listens there
+from tasks.core.errors import ConfigError, UserError
+from tasks.core.runner import EX_CONFIG, EX_TEMPFAIL, EX_USER, is_transient, stage_main
+from tests.conftest import free_port, run, write_params
 
 
 def test_transient_errors_are_recognised_through_their_causes() -> None:
@@ -39,8 +34,18 @@ def test_stage_main_turns_a_user_error_into_one_line(capsys: pytest.CaptureFixtu
 
     with pytest.raises(SystemExit) as caught:
         stage_main(main)
-    assert caught.value.code == 1
+    assert caught.value.code == EX_USER == 1
     assert capsys.readouterr().err == "error: data.source: 'x' does not exist\n"
+
+
+def test_stage_main_exits_2_for_a_config_error(capsys: pytest.CaptureFixture) -> None:
+    def main() -> None:
+        raise ConfigError("params.yaml: train.lr must be > 0, got -1")
+
+    with pytest.raises(SystemExit) as caught:
+        stage_main(main)
+    assert caught.value.code == EX_CONFIG == 2
+    assert capsys.readouterr().err == "error: params.yaml: train.lr must be > 0, got -1\n"
 
 
 def test_stage_main_exits_75_on_a_network_failure(capsys: pytest.CaptureFixture) -> None:
@@ -63,7 +68,7 @@ def test_stage_main_lets_bugs_show_their_traceback() -> None:
 
 def test_unreachable_s3_endpoint_exits_75(repo: Path) -> None:
     """A real ingest against an S3 endpoint where nothing listens: transient, so retryable."""
-    options = {"endpoint_url": f"http://127.0.0.1:{_closed_port()}"}
+    options = {"endpoint_url": f"http://127.0.0.1:{free_port()}"}
     write_params(repo, {"data": {"source": "s3://bucket/x", "storage_options": options}})
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_MAX_ATTEMPTS": "1"}
     result = run(["python", "-m", "tasks.ingest"], repo, check=False, env=env)
@@ -73,16 +78,17 @@ def test_unreachable_s3_endpoint_exits_75(repo: Path) -> None:
 
 
 def test_stages_run_out_of_order_name_the_missing_input(repo: Path) -> None:
-    for stage, missing in (
-        ("validate", "data/raw/manifest.csv"),
-        ("split", "data/validated/manifest.csv"),
-        ("train", "data/packed/meta.json"),
-        ("evaluate", "models/model.json"),
+    earlier = "the stages before this one"
+    for stage, missing, producer in (
+        ("validate", "data/raw/manifest.csv", earlier),
+        ("split", "data/validated/manifest.csv", earlier),
+        ("train", "data/packed/meta.json", "the split stage"),  # a typed file names its producer
+        ("evaluate", "models/model.json", earlier),
     ):
         result = run(["python", "-m", f"tasks.{stage}"], repo, check=False)
         assert result.returncode == 1, (stage, result.stderr[-2000:])
         assert result.stderr.strip().splitlines() == [
-            f"error: {missing} is missing; run the stages before this one first (`dvc repro`)"
+            f"error: {missing} is missing; run {producer} first (`dvc repro`)"
         ], stage
 
 
@@ -109,7 +115,7 @@ def test_bad_tuned_values_are_one_line(repo: Path) -> None:
     best.parent.mkdir(parents=True, exist_ok=True)
     best.write_text("train.lr: -1\n")
     result = run(["python", "-m", "tasks.train"], repo, check=False)
-    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]  # a ConfigError: a bad setting
     assert result.stderr.strip().splitlines() == [
         "error: models/tune/best_params.yaml: overrides: train.lr must be > 0, got -1; "
         "re-run the tune stage"

@@ -1,15 +1,13 @@
 """The split and augment stages, and the batched augmentation, on real data with no mocks.
 
-Stages run as their real `main()` entry points in fresh Python processes (cwd = a work folder
-holding only params.yaml, PYTHONPATH = the repository), so determinism is checked across
-processes with different hash seeds, not only within one interpreter.
+Stages run as their real `main()` entry points in fresh Python processes (tests/stages.py); the
+check that the same seed gives the same bytes across processes is in
+tests/system/test_split_augment_pipeline.py.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,128 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from PIL import Image
 
-from tasks.augmentation import BatchAugment, augment_uint8
-from tasks.config import AugmentConfig, DataConfig
-from tasks.ingest import write_digits
-from tasks.split import SplitError, assign_splits
-from tests.conftest import REPO_ROOT, merge, run
-
-PER_CLASS = 50  # digits per class in the shared run: 500 images, ~5 s per full pipeline run
-ALL_STAGES = ("ingest", "validate", "split", "augment")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def run_stages(
-    work: Path, overrides: dict[str, Any], stages: tuple[str, ...] = ALL_STAGES, hash_seed: int = 0
-) -> None:
-    """Write params.yaml (the repository's, with `overrides`) and run `stages` in one process."""
-    params = merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), overrides)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    script = "".join(f"import tasks.{s}; tasks.{s}.main()\n" for s in stages)
-    environment = {"PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": str(hash_seed)}
-    run([sys.executable, "-c", script], work, env=environment)
-
-
-def png_bytes(array: np.ndarray, **save: Any) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG", **save)
-    return buffer.getvalue()
-
-
-def noise(seed: int, size: int = 16) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
-
-
-def read_split(work: Path) -> pd.DataFrame:
-    return pd.read_csv(work / "data" / "splits" / "split.csv", dtype=str, keep_default_na=False)
+from tasks.core.config import AugmentConfig, DataConfig
+from tasks.core.layout import Layout
+from tasks.data.augmentation import BatchAugment, augment_uint8
+from tasks.data.packed import PackedMeta
+from tasks.data.splitting import SplitError, assign_splits
+from tests.images import noise, png_bytes
+from tests.stages import PER_CLASS, read_split, run_stages
 
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
-
-
-def output_files(work: Path) -> dict[str, bytes]:
-    """Every determinism-relevant output: packed arrays, the split and augmented arrays."""
-    paths = [
-        *sorted((work / "data" / "packed").glob("*.npy")),
-        work / "data" / "splits" / "split.csv",
-        *sorted((work / "data" / "augmented").glob("*.npy")),
-    ]
-    return {str(path.relative_to(work)): path.read_bytes() for path in paths}
-
-
-@pytest.fixture(scope="module")
-def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A class-folder source of the first PER_CLASS bundled digits of each class."""
-    folder = tmp_path_factory.mktemp("digits-subset")
-    write_digits(folder)
-    for class_folder in folder.iterdir():
-        for extra in sorted(class_folder.iterdir())[PER_CLASS:]:
-            extra.unlink()
-    return folder
-
-
-def digits_overrides(source: Path, seed: int = 42) -> dict[str, Any]:
-    return {"seed": seed, "data": {"source": str(source)}, "train": {"cv_folds": 3}}
-
-
-@pytest.fixture(scope="module")
-def first_run(digits_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ingest -> validate -> split -> augment with seed 42 and train.cv_folds=3."""
-    work = tmp_path_factory.mktemp("run-seed42")
-    run_stages(work, digits_overrides(digits_source), hash_seed=1)
-    return work
-
-
-# --------------------------------------------------------------------------- determinism
-
-
-@pytest.mark.slow
-def test_same_seed_same_bytes_other_seed_differs(
-    first_run: Path, digits_source: Path, tmp_path: Path
-) -> None:
-    again = tmp_path / "again-seed42"
-    run_stages(again, digits_overrides(digits_source), hash_seed=2)
-    other = tmp_path / "seed7"
-    run_stages(other, digits_overrides(digits_source, seed=7), hash_seed=1)
-
-    first, second, third = output_files(first_run), output_files(again), output_files(other)
-    expected = {
-        "data/packed/train_x.npy",
-        "data/packed/val_x.npy",
-        "data/packed/test_x.npy",
-        "data/packed/train_y.npy",
-        "data/packed/folds.npy",
-        "data/splits/split.csv",
-        "data/augmented/train_x.npy",
-        "data/augmented/train_y.npy",
-    }
-    assert expected <= set(first)
-    assert set(first) == set(second) == set(third)
-    different = [name for name in first if first[name] != second[name]]
-    assert not different, f"same seed, different bytes: {different}"
-
-    assert third["data/splits/split.csv"] != first["data/splits/split.csv"]
-    assert third["data/augmented/train_x.npy"] != first["data/augmented/train_x.npy"]
-    # not only a different split: the same original image gets different random copies
-    copies = {}
-    for seed, work in ((42, first_run), (7, other)):
-        train_paths = read_split(work).query("split == 'train'")["path"].tolist()
-        augmented = np.load(work / "data" / "augmented" / "train_x.npy")
-        n = len(train_paths)  # packed train order is the split file's (sorted path) order
-        assert len(augmented) == 3 * n  # originals, then augment.copies=2 copies of each
-        copies[seed] = {p: (augmented[i], augmented[n + i]) for i, p in enumerate(train_paths)}
-    shared = sorted(set(copies[42]) & set(copies[7]))
-    assert len(shared) > 100
-    assert all(np.array_equal(copies[42][p][0], copies[7][p][0]) for p in shared)
-    changed = sum(not np.array_equal(copies[42][p][1], copies[7][p][1]) for p in shared)
-    assert changed > 0.9 * len(shared)
 
 
 # --------------------------------------------------------------------------- stratified split
@@ -155,35 +43,37 @@ def test_split_is_stratified_and_normalization_uses_train_only(first_run: Path) 
         for name, fraction in fractions.items():
             assert abs(counts[name] - total * fraction) <= 2, (label, name, dict(counts))
 
-    meta = read_json(first_run / "data" / "packed" / "meta.json")
-    packed = first_run / "data" / "packed"
+    layout = Layout(first_run)
+    meta = PackedMeta.load(layout.packed_meta)
+    packed = layout.packed_dir
     arrays = {name: np.load(packed / f"{name}_x.npy") for name in fractions}
     targets = {name: np.load(packed / f"{name}_y.npy") for name in fractions}
     for name in fractions:
         assert arrays[name].shape == ((split["split"] == name).sum(), 1, 16, 16)
         assert arrays[name].dtype == np.uint8
-        labels = split.loc[split["split"] == name, "label"].map(meta["classes"].index)
+        labels = split.loc[split["split"] == name, "label"].map(meta.classes.index)
         assert np.array_equal(np.sort(targets[name]), np.sort(labels.to_numpy()))
 
     train = arrays["train"].astype(np.float64) / 255.0
-    assert meta["mean"] == pytest.approx([train.mean()], rel=1e-9)
-    assert meta["std"] == pytest.approx([train.std()], rel=1e-9)
+    assert meta.mean == pytest.approx([train.mean()], rel=1e-9)
+    assert meta.std == pytest.approx([train.std()], rel=1e-9)
     # and not the statistics of all the data (which would leak val/test into training)
     everything = np.concatenate(list(arrays.values())).astype(np.float64) / 255.0
     assert abs(everything.mean() - train.mean()) > 1e-6
-    assert meta["counts"] == {name: len(arrays[name]) for name in fractions}
+    assert meta.counts == {name: len(arrays[name]) for name in fractions}
 
 
 def test_cv_folds_cover_train_and_val_stratified(first_run: Path) -> None:
-    packed = first_run / "data" / "packed"
-    folds = np.load(packed / "folds.npy")
+    layout = Layout(first_run)
+    packed = layout.packed_dir
+    folds = np.load(layout.folds_file)
     pool = np.concatenate([np.load(packed / "train_y.npy"), np.load(packed / "val_y.npy")])
     assert folds.shape == pool.shape
     assert set(folds.tolist()) == {0, 1, 2}
     for label in np.unique(pool):
         per_fold = np.bincount(folds[pool == label], minlength=3)
         assert per_fold.max() - per_fold.min() <= 1, (label, per_fold)
-    assert read_json(first_run / "reports" / "data" / "split.json")["cv_folds"] == 3
+    assert read_json(layout.split_report)["cv_folds"] == 3
 
 
 # --------------------------------------------------------------------------- groups
@@ -211,7 +101,7 @@ def test_a_group_never_spans_two_splits(tmp_path: Path) -> None:
     splits_per_group = split.groupby("group")["split"].nunique()
     assert (splits_per_group == 1).all(), splits_per_group[splits_per_group > 1]
     assert set(split["split"]) == {"train", "val", "test"}
-    report = read_json(work / "reports" / "data" / "split.json")
+    report = read_json(Layout(work).split_report)
     assert sum(report["groups"].values()) == 30
 
     # control: the same rows split without the group column do mix subjects across splits
@@ -294,12 +184,13 @@ def test_near_duplicates_across_splits_are_counted(tmp_path: Path, pairs: int) -
         work, {"data": {"source": str(tmp_path / "source")}}, ("ingest", "validate", "split")
     )
 
-    validation = read_json(work / "reports" / "data" / "validation.json")
+    layout = Layout(work)
+    validation = read_json(layout.validation_report)
     assert validation["quarantined"] == 0  # not byte duplicates: validate keeps both copies
     split = read_split(work)
     where = dict(zip(split["path"], split["split"], strict=True))
     straddling = {(a, b) for a, b in planted if where[a] != where[b]}
-    report = read_json(work / "reports" / "data" / "split.json")
+    report = read_json(layout.split_report)
     assert report["near_duplicate_pairs_across_splits"] == len(straddling)
     listed = {tuple(sorted((e["a"], e["b"]))) for e in report["near_duplicate_examples"]}
     assert listed == straddling

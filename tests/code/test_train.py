@@ -1,12 +1,11 @@
-"""Training: transfer learning, pretrained-weight errors, resume after kill -9, DDP, CV, GPU."""
+"""Training: transfer learning, pretrained-weight errors, batches, CV, clipping, GPU.
+
+DDP over two processes and resuming after kill -9 are in tests/system/test_train_pipeline.py.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import time
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,25 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from tasks.cli import UserError
-from tasks.config import Params, load_params
-from tasks.networks import PretrainedMismatch, build_network, read_state_dict
-from tasks.train import Classifier, PackedBatches, cross_validate, fit_once, make_network
-from tests.conftest import REPO_ROOT, VENV_BIN, run, write_params
+from tasks.core.config import Params, load_params
+from tasks.core.errors import UserError
+from tasks.data.packed import Arrays, PackedMeta
+from tasks.modeling.batches import PackedBatches
+from tasks.modeling.fit import cross_validate, fit_once, make_network, preprocessing_for
+from tasks.modeling.module import Classifier
+from tasks.modeling.networks import build_network
+from tasks.modeling.pretrained import PretrainedMismatch, read_state_dict
+from tests.conftest import REPO_ROOT
 
-META = {"classes": [str(i) for i in range(4)], "channels": 1, "image_size": 16}
-META |= {"mean": [0.3], "std": [0.3]}
+META = PackedMeta.create(
+    classes=[str(i) for i in range(4)],
+    channels=1,
+    image_size=16,
+    mean=[0.3],
+    std=[0.3],
+    counts={"train": 64, "val": 16},
+    near_duplicate_pairs_across_splits=0,
+)
 
 
 def _params(**sections: dict) -> Params:
@@ -32,7 +42,7 @@ def _params(**sections: dict) -> Params:
     return Params.model_validate(base)
 
 
-def _toy_arrays(n: int = 64, seed: int = 0) -> dict:
+def _toy_arrays(n: int = 64, seed: int = 0) -> Arrays:
     """Four easy classes: a bright square in one of four quadrants."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 40, size=(n, 1, 16, 16), dtype=np.uint8)
@@ -40,7 +50,7 @@ def _toy_arrays(n: int = 64, seed: int = 0) -> dict:
     for index, label in enumerate(labels):
         row, col = divmod(int(label), 2)
         images[index, 0, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] = 220
-    return {"train": (images, labels), "val": (images[:16], labels[:16])}
+    return Arrays(train=(images, labels), val=(images[:16], labels[:16]))
 
 
 def _resnet18_weights(tmp_path: Path) -> Path:
@@ -133,24 +143,28 @@ def test_packed_batches_shard_disjointly_and_cover_every_image() -> None:
 
 def test_cross_validation_reports_every_fold(tmp_path: Path) -> None:
     """Reads nothing from disk (it also runs inside Ray trials, in their own folders)."""
-    arrays = _toy_arrays(48)
-    images, labels = arrays["train"]
-    arrays["train"] = (np.concatenate([images, images]), np.concatenate([labels, labels]))
+    toy = _toy_arrays(48)
+    images, labels = toy.train
+    folds = np.arange(48 + 16) % 3
+    arrays = Arrays(
+        train=(np.concatenate([images, images]), np.concatenate([labels, labels])),
+        val=toy.val,
+        folds=folds,
+    )
     params = _params(
         train={"max_epochs": 1, "cv_folds": 3, "accelerator": "cpu"}, model={"width": 8}
     )
-    folds = np.arange(48 + 16) % 3
-    summary = cross_validate(params, arrays, META, folds)
+    summary = cross_validate(params, arrays, META)
     assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
     assert 0.0 <= summary["mean"]["val_acc"] <= 1.0 and summary["std"]["val_acc"] >= 0.0
     with pytest.raises(UserError, match=r"folds\.npy"):
-        cross_validate(params, arrays, META, folds[:50])
+        cross_validate(params, dataclasses.replace(arrays, folds=folds[:50]), META)
 
 
 def test_fused_optimizer_gradients_are_clipped() -> None:
     """On a GPU AdamW runs fused, which Lightning's mixed-precision plugin refuses to clip."""
     params = _params(model={"width": 8})
-    module = Classifier(make_network(params, META), 4, params, META)
+    module = Classifier(make_network(params, META), preprocessing_for(META), 4, params)
     for parameter in module.parameters():
         parameter.grad = torch.full_like(parameter, 10.0)
     fused = torch.optim.AdamW(module.parameters(), fused=True)  # fused AdamW runs on CPU too
@@ -195,101 +209,7 @@ def test_network_output_shapes_for_each_arch() -> None:
         assert network(torch.zeros(2, 3, 32, 32)).shape == (2, 7), arch
 
 
-# --------------------------------------------------------------------------- pipeline-level
-
-
-def _prepare_data(repo: Path) -> None:
-    for stage in ("source", "ingest", "validate", "split", "augment"):
-        run(["python", "-m", f"tasks.{stage}"], repo)
-
-
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes_trains(repo: Path) -> None:
-    """Real DDP over gloo; the first epoch trains only the head (frozen backbone: DDP must be
-    told that some parameters get no gradient), then every layer."""
-    train = {"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 4}
-    write_params(
-        repo,
-        {"train": {**train, "finetune_epochs": 1}, "model": {"freeze_backbone": True}},
-    )
-    _prepare_data(repo)
-    result = run(["python", "-m", "tasks.train"], repo)
-    report = json.loads((repo / "reports" / "train.json").read_text())
-    assert report["world_size"] == 2, result.stdout
-    assert "backbone unfrozen" in result.stdout
-    assert report["val_acc"] > 0.6
-    run(["python", "-m", "tasks.evaluate"], repo)
-    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert metrics["test"]["accuracy"] > 0.6
-
-
-def _train_child(parent: int) -> int | None:
-    """PID of the `python -m tasks.train` process started (indirectly) by `parent`."""
-    import psutil
-
-    for child in psutil.Process(parent).children(recursive=True):
-        try:
-            if "tasks.train" in " ".join(child.cmdline()):
-                return child.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
-def _checkpoint_epoch(path: Path) -> int:
-    """The epoch saved in a Lightning checkpoint; -1 while it is still being written."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
-    except Exception:  # a half-written file while the trainer saves it
-        return -1
-
-
-@pytest.mark.slow
-def test_kill_9_mid_training_then_repro_resumes(repo: Path, tmp_path: Path) -> None:
-    # enough epochs that the kill lands mid-training even on a fast machine (~0.5 s an epoch here)
-    epochs = 30
-    settings = {"train": {"max_epochs": epochs, "patience": 1000}, "augment": {"copies": 1}}
-    write_params(repo, settings)
-    run(["python", "-m", "tasks.source"], repo)
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=log, stderr=log)
-    state = repo / "models" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    killed = False
-    while time.monotonic() < deadline and first.poll() is None:
-        if state.exists() and _checkpoint_epoch(state) >= 2:
-            pid = _train_child(first.pid)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.5)
-    first.wait(timeout=120)
-    log.close()
-    assert killed, (tmp_path / "first.log").read_text()[-3000:]
-    assert first.returncode != 0
-    progress = json.loads((state.parent / "state.json").read_text())
-    assert not progress["complete"], "the kill must land before training finished"
-
-    resumed = run(["dvc", "repro"], repo)
-    output = resumed.stdout + resumed.stderr
-    assert "train: resuming from models/checkpoints/last.ckpt" in output
-    resumed_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
-    report = json.loads((repo / "reports" / "train.json").read_text())
-    assert report["resumed"] is True and report["epochs_run"] == epochs
-
-    # an uninterrupted run of the same pipeline, for comparison
-    run(["dvc", "repro", "--force", "--single-item", "train"], repo)
-    clean_report = json.loads((repo / "reports" / "train.json").read_text())
-    assert clean_report["resumed"] is False
-    run(["dvc", "repro"], repo)
-    clean_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
-    assert abs(resumed_accuracy["accuracy"] - clean_accuracy["accuracy"]) <= 0.005
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu  # skipped without a CUDA GPU (tests/conftest.py)
 def test_bf16_mixed_precision_on_gpu() -> None:
     params = _params(
         train={"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed", "max_epochs": 3}

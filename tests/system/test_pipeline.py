@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.ingest import write_digits
+from tasks.data.sources import write_digits
 from tests.conftest import run, write_params
 
 STAGES = ["ingest", "validate", "split", "augment", "tune", "train", "evaluate"]

@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.ingest import MANIFEST_COLUMNS, SourceError, ingest
-from tasks.source import fingerprint, refresh
+from tasks.data.sources import SourceError
+from tasks.ingest import MANIFEST_COLUMNS, ingest
+from tasks.source import refresh, source_fingerprint
 
 SECRET = b"OUTSIDE-THE-ROOT-" + uuid.uuid4().hex.encode()
 
@@ -446,7 +447,7 @@ def test_s3_ingest_in_the_same_process_sees_new_objects(
     client, name = bucket
     options = {"endpoint_url": s3_server}
     _upload(client, name, {"tree/cat/c1.png": png_bytes(10)})
-    fingerprint(f"s3://{name}/tree", options)
+    source_fingerprint(f"s3://{name}/tree", options)
     _upload(client, name, {"tree/cat/c2.png": png_bytes(20)})
     manifest = ingest(f"s3://{name}/tree", options, tmp_path / "raw")
     assert manifest["path"].tolist() == ["cat/c1.png", "cat/c2.png"]
@@ -461,22 +462,22 @@ def test_s3_fingerprint_changes_only_when_the_prefix_changes(
     _upload(client, name, {"other/x.png": png_bytes(30)})
     source = f"s3://{name}/tree"
 
-    first = fingerprint(source, options)
+    first = source_fingerprint(source, options)
     assert first["source"] == source
     assert first["entries"] == 2
-    assert fingerprint(source, options) == first
+    assert source_fingerprint(source, options) == first
 
     _upload(client, name, {"other/y.png": png_bytes(40)})  # outside the prefix
-    assert fingerprint(source, options) == first
+    assert source_fingerprint(source, options) == first
 
     _upload(client, name, {"tree/dog/d2.png": png_bytes(50)})
-    added = fingerprint(source, options)
+    added = source_fingerprint(source, options)
     assert added["entries"] == 3
     assert added["fingerprint"] != first["fingerprint"]
-    assert fingerprint(source, options) == added
+    assert source_fingerprint(source, options) == added
 
     _upload(client, name, {"tree/cat/c1.png": png_bytes(60)})  # same key, new content
-    edited = fingerprint(source, options)
+    edited = source_fingerprint(source, options)
     assert edited["entries"] == 3
     assert edited["fingerprint"] != added["fingerprint"]
 
@@ -484,7 +485,7 @@ def test_s3_fingerprint_changes_only_when_the_prefix_changes(
 def test_s3_fingerprint_of_nothing_is_an_error(bucket: tuple[object, str], s3_server: str) -> None:
     _, name = bucket
     with pytest.raises(SourceError, match="nothing found"):
-        fingerprint(f"s3://{name}/empty", {"endpoint_url": s3_server})
+        source_fingerprint(f"s3://{name}/empty", {"endpoint_url": s3_server})
 
 
 # --------------------------------------------------------------------------- fingerprint / refresh
@@ -499,7 +500,7 @@ def test_refresh_rewrites_only_when_a_local_folder_changes(tmp_path: Path) -> No
     assert refresh(str(source), {}, record) is True
     text = record.read_text()
     payload = json.loads(text)
-    assert payload == fingerprint(str(source), {})
+    assert payload == source_fingerprint(str(source), {})
     assert payload["source"] == str(source) and payload["entries"] == 2
     assert text == json.dumps(payload, indent=2, sort_keys=True) + "\n"
     assert not list(record.parent.glob("*.tmp"))
@@ -521,16 +522,16 @@ def test_fingerprint_sees_an_edit_and_a_removal(tmp_path: Path) -> None:
     target = source / "cat" / "c1.png"
     write_png(target, 10)
     write_png(source / "cat" / "c2.png", 20)
-    before = fingerprint(str(source), {})
+    before = source_fingerprint(str(source), {})
 
     stat = target.stat()
     target.write_bytes(png_bytes(11))  # same size, different bytes
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    edited = fingerprint(str(source), {})
+    edited = source_fingerprint(str(source), {})
     assert edited["fingerprint"] != before["fingerprint"]
 
     (source / "cat" / "c2.png").unlink()
-    removed = fingerprint(str(source), {})
+    removed = source_fingerprint(str(source), {})
     assert removed["entries"] == 1
     assert removed["fingerprint"] not in {before["fingerprint"], edited["fingerprint"]}
 
@@ -538,17 +539,17 @@ def test_fingerprint_sees_an_edit_and_a_removal(tmp_path: Path) -> None:
 def test_fingerprint_of_a_manifest_covers_exactly_its_rows(tmp_path: Path) -> None:
     """Files the manifest does not list (the rest of a repo, other data sets) do not count."""
     manifest_path, _ = _manifest_tree(tmp_path)
-    before = fingerprint(str(manifest_path), {})
-    assert before["fingerprint"] == fingerprint(str(manifest_path), {})["fingerprint"]
+    before = source_fingerprint(str(manifest_path), {})
+    assert before["fingerprint"] == source_fingerprint(str(manifest_path), {})["fingerprint"]
     write_png(manifest_path.parent / "imgs" / "unlisted.png", 70)
-    assert fingerprint(str(manifest_path), {})["fingerprint"] == before["fingerprint"]
+    assert source_fingerprint(str(manifest_path), {})["fingerprint"] == before["fingerprint"]
     time.sleep(0.01)
     write_png(manifest_path.parent / "imgs" / "b.png", 71)  # a listed file changes
-    edited = fingerprint(str(manifest_path), {})
+    edited = source_fingerprint(str(manifest_path), {})
     assert edited["fingerprint"] != before["fingerprint"]
     with manifest_path.open("a") as handle:  # a row is added
         handle.write("imgs/unlisted.png,beta\n")
-    assert fingerprint(str(manifest_path), {})["fingerprint"] != edited["fingerprint"]
+    assert source_fingerprint(str(manifest_path), {})["fingerprint"] != edited["fingerprint"]
 
 
 def test_a_manifest_that_is_not_csv_is_one_clear_error(tmp_path: Path) -> None:
@@ -559,8 +560,8 @@ def test_a_manifest_that_is_not_csv_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_fingerprint_of_digits_is_stable() -> None:
-    first = fingerprint("sklearn:digits", {})
-    assert first == fingerprint("sklearn:digits", {})
+    first = source_fingerprint("sklearn:digits", {})
+    assert first == source_fingerprint("sklearn:digits", {})
     assert first["entries"] == 1 and first["source"] == "sklearn:digits"
     assert len(first["fingerprint"]) == 64
 
@@ -568,7 +569,7 @@ def test_fingerprint_of_digits_is_stable() -> None:
 def test_fingerprint_of_a_missing_source_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(SourceError) as caught:
-        fingerprint(str(missing), {})
+        source_fingerprint(str(missing), {})
     assert str(missing) in str(caught.value)
     with pytest.raises(SourceError):
         refresh(str(missing), {}, tmp_path / "source.json")

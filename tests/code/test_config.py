@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, Params, load_params
+from tasks.core.config import Params, load_params
+from tasks.core.errors import ConfigError
 from tests.conftest import REPO_ROOT, merge, run, write_params
 
 
@@ -103,7 +104,7 @@ def test_not_yaml_is_one_line(tmp_path: Path) -> None:
 
 def test_cli_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     path = _params_file(tmp_path, {"train": {"lr": -1}})
-    result = run(["python", "-m", "tasks.config", str(path)], REPO_ROOT, check=False)
+    result = run(["python", "-m", "tasks.core.config", str(path)], REPO_ROOT, check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.lr must be > 0, got -1" in lines[0]

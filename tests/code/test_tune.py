@@ -1,0 +1,118 @@
+"""Hyperparameter search: the space and its checks, the searcher, and the disabled mode.
+
+Searches on Ray (crash retry, CV trials, resume, an existing cluster) are in
+tests/system/test_tune_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.core.config import Params, load_params
+from tasks.core.errors import ConfigError
+from tasks.tuning.searcher import DistinctSuggestions, make_searcher
+from tasks.tuning.space import search_space, trial_params
+from tests.conftest import REPO_ROOT, run, write_params
+
+
+def _params(overrides: dict) -> Params:
+    raw = load_params(REPO_ROOT / "params.yaml").model_dump()
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values}
+    return Params.model_validate(raw)
+
+
+def test_space_keys_must_name_real_settings(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["tune"]["space"]["train"]["learning_rate"] = {"type": "uniform", "low": 0, "high": 1}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"tune\.space\.train\.learning_rate names no train"):
+        load_params(path)
+
+
+def test_dimension_bounds_are_checked(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["tune"]["space"]["train"]["lr"] = {"type": "loguniform", "low": 0, "high": 1}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="loguniform dimension needs low > 0"):
+        load_params(path)
+
+
+def test_search_space_and_trial_params() -> None:
+    params = _params({})
+    space = search_space(params.tune.flat_space())
+    assert set(space) == {"train.lr", "train.weight_decay", "model.dropout"}
+    sampled = trial_params(
+        params.model_dump(mode="json"), {"train.lr": 0.002, "model.dropout": 0.1}
+    )
+    assert sampled.train.lr == 0.002 and sampled.model.dropout == 0.1
+    assert sampled.train.max_epochs == params.tune.max_epochs
+    assert sampled.train.accelerator == "cpu" and sampled.train.devices == 1
+
+
+def test_tpe_never_trains_a_configuration_twice() -> None:
+    """On a small `choice` space plain TPE repeats its best configuration once it exploits."""
+    from ray import tune
+
+    space = {name: tune.choice([0, 1, 2]) for name in ("a", "b")} | {"c": tune.choice([0, 1])}
+    searcher = make_searcher("optuna", 14, 1, seed=3)
+    assert isinstance(searcher.searcher, DistinctSuggestions)  # inside the concurrency limit
+    searcher.set_search_properties("score", "max", space)
+    suggested = []
+    for index in range(14):
+        config = searcher.suggest(f"trial_{index}")
+        suggested.append(json.dumps(config, sort_keys=True))
+        score = config["a"] + 0.1 * config["b"] + 0.01 * config["c"]
+        searcher.on_trial_complete(f"trial_{index}", {"score": score})
+    assert len(set(suggested)) == len(suggested) == 14
+    # with every one of the 18 configurations tried, a repeat is trained rather than none
+    for index in range(14, 19):
+        assert searcher.suggest(f"trial_{index}") is not None
+        searcher.on_trial_complete(f"trial_{index}", {"score": 0.0})
+
+
+def test_the_search_is_checkpointed_and_restored_without_repeats(tmp_path: Path) -> None:
+    """Tune saves the searcher with its wrappers after every step (and restores it to resume an
+    interrupted search): each wrapper must hand over its state."""
+    from ray import tune
+    from ray.tune.search import SearchGenerator
+
+    space = {"a": tune.choice([0, 1, 2]), "b": tune.choice([0, 1])}
+
+    def searcher() -> object:
+        fresh = make_searcher("optuna", 6, 1, seed=3)
+        fresh.set_search_properties("score", "max", space)
+        return fresh
+
+    first, suggested = searcher(), []
+    for index in range(3):
+        config = first.suggest(f"trial_{index}")
+        suggested.append(json.dumps(config, sort_keys=True))
+        first.on_trial_complete(f"trial_{index}", {"score": config["a"] + 0.1 * config["b"]})
+    SearchGenerator(first).save_to_dir(str(tmp_path), session_str="test")
+    restored = searcher()
+    SearchGenerator(restored).restore_from_dir(str(tmp_path))
+    for index in range(3, 6):
+        config = restored.suggest(f"trial_{index}")
+        suggested.append(json.dumps(config, sort_keys=True))
+        restored.on_trial_complete(f"trial_{index}", {"score": 0.0})
+    assert len(set(suggested)) == len(suggested) == 6, suggested
+
+
+def test_disabled_search_writes_the_params_values(repo: Path) -> None:
+    write_params(repo, {"tune": {"enabled": False}})
+    result = run(["python", "-m", "tasks.tune"], repo)
+    assert "tune: disabled" in result.stdout
+    best = yaml.safe_load((repo / "models" / "tune" / "best_params.yaml").read_text())
+    params = load_params(repo / "params.yaml")
+    assert best == {
+        "train.lr": params.train.lr,
+        "train.weight_decay": params.train.weight_decay,
+        "model.dropout": params.model.dropout,
+    }

@@ -1,0 +1,108 @@
+"""End to end: training with DDP over two CPU processes, and resuming after kill -9.
+
+Stages run as `python -m tasks.<stage>` and `dvc repro` in a temporary repository copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import VENV_BIN, run, write_params
+
+
+def _prepare_data(repo: Path) -> None:
+    for stage in ("source", "ingest", "validate", "split", "augment"):
+        run(["python", "-m", f"tasks.{stage}"], repo)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains(repo: Path) -> None:
+    """Real DDP over gloo; the first epoch trains only the head (frozen backbone: DDP must be
+    told that some parameters get no gradient), then every layer."""
+    train = {"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 4}
+    write_params(
+        repo,
+        {"train": {**train, "finetune_epochs": 1}, "model": {"freeze_backbone": True}},
+    )
+    _prepare_data(repo)
+    result = run(["python", "-m", "tasks.train"], repo)
+    report = json.loads((repo / "reports" / "train.json").read_text())
+    assert report["world_size"] == 2, result.stdout
+    assert "backbone unfrozen" in result.stdout
+    assert report["val_acc"] > 0.6
+    run(["python", "-m", "tasks.evaluate"], repo)
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.6
+
+
+def _train_child(parent: int) -> int | None:
+    """PID of the `python -m tasks.train` process started (indirectly) by `parent`."""
+    import psutil
+
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            if "tasks.train" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """The epoch saved in a Lightning checkpoint; -1 while it is still being written."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # a half-written file while the trainer saves it
+        return -1
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_repro_resumes(repo: Path, tmp_path: Path) -> None:
+    # enough epochs that the kill lands mid-training even on a fast machine (~0.5 s an epoch here)
+    epochs = 30
+    settings = {"train": {"max_epochs": epochs, "patience": 1000}, "augment": {"copies": 1}}
+    write_params(repo, settings)
+    run(["python", "-m", "tasks.source"], repo)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=log, stderr=log)
+    state = repo / "models" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    killed = False
+    while time.monotonic() < deadline and first.poll() is None:
+        if state.exists() and _checkpoint_epoch(state) >= 2:
+            pid = _train_child(first.pid)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.5)
+    first.wait(timeout=120)
+    log.close()
+    assert killed, (tmp_path / "first.log").read_text()[-3000:]
+    assert first.returncode != 0
+    progress = json.loads((state.parent / "state.json").read_text())
+    assert not progress["complete"], "the kill must land before training finished"
+
+    resumed = run(["dvc", "repro"], repo)
+    output = resumed.stdout + resumed.stderr
+    assert "train: resuming from models/checkpoints/last.ckpt" in output
+    resumed_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
+    report = json.loads((repo / "reports" / "train.json").read_text())
+    assert report["resumed"] is True and report["epochs_run"] == epochs
+
+    # an uninterrupted run of the same pipeline, for comparison
+    run(["dvc", "repro", "--force", "--single-item", "train"], repo)
+    clean_report = json.loads((repo / "reports" / "train.json").read_text())
+    assert clean_report["resumed"] is False
+    run(["dvc", "repro"], repo)
+    clean_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
+    assert abs(resumed_accuracy["accuracy"] - clean_accuracy["accuracy"]) <= 0.005
