@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test test-fast lint format bench flow clean lock
+.PHONY: help setup run test test-fast lint format bench bench-selftest flow clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,11 +53,18 @@ format: setup ## apply ruff's fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: run ## bring the pipeline up to date, then run every benchmark (results in reports/bench/)
-	@set -e; for bench in benchmarks/*.py; do \
-		name=$$(basename $$bench .py); case $$name in __init__|common) continue;; esac; \
-		echo "== benchmark $$name"; $(PYTHON) -m benchmarks.$$name; \
-	done
+bench: run ## bring the pipeline up to date, run every benchmark, print the table of verdicts (fails if a target is missed)
+	@status=0; for bench in benchmarks/*.py; do \
+		name=$$(basename $$bench .py); case $$name in __init__|common|summary) continue;; esac; \
+		echo "== benchmark $$name"; $(PYTHON) -m benchmarks.$$name || status=1; \
+	done; \
+	echo "== summary"; $(PYTHON) -m benchmarks.summary || status=1; \
+	exit $$status
+
+bench-selftest: run ## check that a missed target fails: noop_repro with an impossible target must exit non-zero
+	@if $(PYTHON) -m benchmarks.noop_repro --impossible-target; then \
+		echo "bench-selftest: a benchmark that missed its target exited 0" >&2; exit 1; \
+	else echo "bench-selftest: the missed target failed the benchmark, as it must"; fi
 
 flow: setup ## run the pipeline as a Prefect flow (temporary local Prefect server)
 	@$(PYTHON) -m flows.pipeline

@@ -14,6 +14,10 @@ is absolute, climbs out with ``..`` or resolves (symlinks included) outside the 
 recorded with status ``unsafe_path`` and never opened; a listed file that does not exist is
 recorded with status ``missing``. The validate stage turns both into quarantine entries, so every
 input ends up accepted or quarantined with a reason.
+
+In a folder source, hidden names (``.DS_Store``, ``.git/...``), symlinks to folders inside the
+root and FIFOs or sockets are not data: they are never opened, and each is listed with its
+reason in ``data/raw/ignored.csv`` (columns path, reason, detail), which validate counts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import io
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,17 @@ from tqdm import tqdm
 from tasks.core.config import load_params_or_exit
 from tasks.core.layout import Layout
 from tasks.core.runner import stage_main
-from tasks.data.sources import Source, SourceEntry, SourceError, materialized, open_source
+from tasks.data.sources import (
+    IGNORED_COLUMNS,
+    IGNORED_FILE,
+    Source,
+    SourceEntry,
+    SourceError,
+    count_ignored,
+    describe_ignored,
+    materialized,
+    open_source,
+)
 
 MANIFEST_COLUMNS = ["path", "label", "group", "sha256", "bytes", "status", "detail"]
 _CHUNK = 1 << 20  # copy in 1 MiB reads: bounded memory for any file size
@@ -69,8 +84,9 @@ def ingest(
 ) -> pd.DataFrame:
     """Copy every file of `source` under `out_dir/files/` and write `out_dir/manifest.csv`.
 
-    `out_dir` defaults to the current repository's `data/raw`. Returns the manifest (one row
-    per input entry, in sorted path order).
+    What a folder source holds that is not data goes to `out_dir/ignored.csv` (path, reason,
+    detail). `out_dir` defaults to the current repository's `data/raw`. Returns the manifest
+    (one row per input entry, in sorted path order).
     """
     out_dir = out_dir if out_dir is not None else Layout.discover().raw_dir
     files_dir = out_dir / "files"
@@ -79,17 +95,25 @@ def ingest(
     files_dir.mkdir(parents=True)
     with materialized(source) as location:
         resolved = open_source(location, storage_options, group_column)
+        ignored = pd.DataFrame([asdict(e) for e in resolved.ignored], columns=IGNORED_COLUMNS)
         if not resolved.entries:
-            raise SourceError(f"data.source: {source!r} holds no files")
+            ignored_text = describe_ignored(count_ignored(ignored["reason"]))
+            also = f" to ingest; {ignored_text}" if ignored_text else ""
+            raise SourceError(f"data.source: {source!r} holds no files{also}")
         workers = 16 if resolved.remote else 4
         with ThreadPoolExecutor(max_workers=workers) as pool:
             jobs = pool.map(lambda e: _copy_one(resolved, e, files_dir), resolved.entries)
             rows = list(tqdm(jobs, total=len(resolved.entries), desc="ingest", unit="file"))
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    buffer = io.StringIO()
-    manifest.to_csv(buffer, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-    (out_dir / "manifest.csv").write_text(buffer.getvalue())
+    _write_csv(manifest, out_dir / "manifest.csv")
+    _write_csv(ignored, out_dir / IGNORED_FILE)
     return manifest
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    path.write_text(buffer.getvalue())
 
 
 def main() -> None:
@@ -102,10 +126,12 @@ def main() -> None:
         group_column=params.data.group_column,
     )
     flagged = int((manifest["status"] != "ok").sum())
+    ignored = pd.read_csv(layout.raw_dir / IGNORED_FILE, dtype=str, keep_default_na=False)
+    not_data = f", {describe_ignored(count_ignored(ignored['reason']))}" if len(ignored) else ""
     print(
         f"ingest: {len(manifest)} files from {params.data.source} -> "
         f"{layout.relative(layout.raw_manifest)} "
-        f"({len(manifest) - flagged} copied, {flagged} flagged for quarantine)"
+        f"({len(manifest) - flagged} copied, {flagged} flagged for quarantine{not_data})"
     )
 
 

@@ -8,6 +8,10 @@ time, or S3 ETag) and rewrites `data/source.json` only when that listing changed
 stage depends on the file, so an unchanged source costs DVC nothing and an added, removed or
 edited file re-runs ingest and whatever depends on it. The file is committed: it records which
 version of the data a result was trained on.
+
+A folder is listed by the same function ingest uses, the entries it ignores (hidden names,
+symlinked folders, ...) included by path and reason, so the fingerprint changes exactly when
+what ingest copies, flags or counts as ignored changes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from tasks.core.fingerprint import fingerprint
 from tasks.core.io import filesystem_for, is_remote, read_json, strip_protocol, write_json
 from tasks.core.layout import Layout
 from tasks.core.runner import stage_main
-from tasks.data.sources import DIGITS_SOURCE, SourceError, list_manifest
+from tasks.data.sources import (
+    DIGITS_SOURCE,
+    SourceEntry,
+    SourceError,
+    list_folder,
+    list_keys,
+    list_manifest,
+)
 
 
 def _listing(source: str, storage_options: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -35,26 +46,29 @@ def _listing(source: str, storage_options: dict[str, Any]) -> list[tuple[str, ..
         return [("sklearn", sklearn.__version__, content)]
     if source.lower().endswith(".csv"):
         return _manifest_listing(source, storage_options)
+    filesystem = filesystem_for(source, storage_options)
     if is_remote(source):
-        filesystem = filesystem_for(source, storage_options)
         root = strip_protocol(source).rstrip("/")
         details = filesystem.find(root, detail=True)
         if not details:
             raise SourceError(f"data.source: nothing found at {source!r}")
-        return sorted((key, *_version(info)) for key, info in details.items())
-    if not os.path.isdir(source):
-        raise SourceError(f"data.source: {source!r} is not a folder")
-    listing = []
-    for directory, folders, files in os.walk(source):
-        folders[:] = [name for name in folders if not name.startswith(".")]  # as ingest does
-        for name in files:
-            if name.startswith("."):
-                continue
-            full = os.path.join(directory, name)
-            stat = os.lstat(full)
-            relative = os.path.relpath(full, source)
-            listing.append((relative, str(stat.st_size), str(stat.st_mtime_ns)))
+        entries, ignored = list_keys(root, details)
+        listing = [(e.path, *_version(details[f"{root}/{e.path}"])) for e in entries]
+    else:
+        root = source.rstrip("/") or "/"
+        entries, ignored = list_folder(filesystem, root, remote=False)
+        listing = [_local_version(root, entry) for entry in entries]
+    # exactly what ingest writes to data/raw/ignored.csv, so its count is never stale
+    listing += [(e.path, "ignored", e.reason, e.detail) for e in ignored]
     return sorted(listing)
+
+
+def _local_version(root: str, entry: SourceEntry) -> tuple[str, ...]:
+    """Size and modification time of a file ingest copies; only the status of one it never opens."""
+    if entry.status != "ok":  # never stat a path that leaves the root
+        return (entry.path, entry.status)
+    stat = os.stat(os.path.join(root, entry.path))  # a link's target: inside the root
+    return (entry.path, str(stat.st_size), str(stat.st_mtime_ns))
 
 
 def _version(info: dict[str, Any]) -> tuple[str, str]:
@@ -77,15 +91,13 @@ def _manifest_listing(source: str, storage_options: dict[str, Any]) -> list[tupl
         stat = os.stat(manifest)
         listing = [("<manifest>", str(stat.st_size), str(stat.st_mtime_ns))]
     for entry in entries:
-        if entry.status != "ok":  # never stat a path that leaves the root
+        if not remote:
+            listing.append(_local_version(root, entry))
+        elif entry.status != "ok":  # never look up a path that leaves the root
             listing.append((entry.path, entry.status))
-        elif remote:
-            listing.append(
-                (entry.path, *_version(details.get(f"{root.rstrip('/')}/{entry.path}", {})))
-            )
         else:
-            stat = os.stat(os.path.join(root, entry.path))
-            listing.append((entry.path, str(stat.st_size), str(stat.st_mtime_ns)))
+            key = f"{root.rstrip('/')}/{entry.path}"
+            listing.append((entry.path, *_version(details.get(key, {}))))
     return sorted(listing)
 
 

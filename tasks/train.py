@@ -16,8 +16,11 @@ Run on its own with ``python -m tasks.train`` (after augment).
 - Transfer learning: `model.pretrained`, `model.freeze_backbone` (+ `train.finetune_epochs`:
   train the head alone for that many epochs, then unfreeze).
 - k-fold cross-validation (`train.cv_folds` > 1): reports/cv.json, then the final fit.
-- Reports: `reports/train.json` (best epoch, train/val accuracy, gap), learning curves through
-  dvclive (`reports/dvclive/`, DVC plots) and `reports/plots/learning_curves.png`.
+- Reports: `reports/train.json` (best epoch = the exported epoch, train/val accuracy, gap),
+  learning curves through dvclive (`reports/dvclive/`, DVC plots) and
+  `reports/plots/learning_curves.png`. Train accuracy is measured as validation accuracy is: in
+  eval mode on un-augmented train images (a seeded sample as large as the val split); the
+  training batches' own figure (augmented, dropout on) is `train_acc_augmented`.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ from tasks.modeling.fit import (
     cross_validate,
     is_rank_zero,
     make_module,
+    packed_originals,
     quiet_fit,
     regularization_callbacks,
     steps_per_epoch,
+    train_reference,
 )
 
 log = logging.getLogger("sixfold.train")
@@ -87,9 +92,11 @@ def plot_curves(epochs: list[dict[str, float]], path: Path) -> None:
     plt = pyplot()
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.2))
     x = [e["epoch"] for e in epochs]
-    for split, style in (("train", "-"), ("val", "--")):
-        loss_axis.plot(x, [e.get(f"{split}_loss") for e in epochs], style, label=split)
-        acc_axis.plot(x, [e.get(f"{split}_acc") for e in epochs], style, label=split)
+    lines = (("train", "", "-"), ("val", "", "--"), ("train", "_augmented", ":"))
+    for split, variant, style in lines:
+        label = f"{split} (augmented batches)" if variant else split
+        for axis, stat in ((loss_axis, "loss"), (acc_axis, "acc")):
+            axis.plot(x, [e.get(f"{split}_{stat}{variant}") for e in epochs], style, label=label)
     loss_axis.set(title="loss", xlabel="epoch")
     acc_axis.set(title="accuracy", xlabel="epoch")
     loss_axis.legend()
@@ -125,12 +132,15 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
             f"{checkpoint_epoch(resume_from)} done) after an interrupted run"
         )
 
-    module = make_module(params, meta)
+    reference = train_reference(arrays, packed_originals(arrays, meta), params.seed)
+    module = make_module(params, meta, reference)
     network = module.network
     history = History()
-    best = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_last=True
-    )
+    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max")
+    # last.ckpt after every epoch, overwritten: the resume point. (`save_last=True` on the monitored
+    # checkpoint writes it only in epochs that improve val_acc: a run killed after a plateau would
+    # repeat every epoch since its last improvement.)
+    last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
     from dvclive.lightning import DVCLiveLogger
 
     logger = DVCLiveLogger(
@@ -139,7 +149,7 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
         dvcyaml=False,
         resume=resume_from is not None,
     )
-    callbacks = [history, best, *regularization_callbacks(params)]
+    callbacks = [history, best, last, *regularization_callbacks(params)]
     steps = steps_per_epoch(arrays, params.train.batch_size)
     trainer = build_trainer(params, callbacks, logger=logger, steps_per_epoch=steps)
     data = PackedDataModule(arrays, params.train.batch_size, params.seed)
@@ -147,21 +157,28 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
 
     if not trainer.is_global_zero:
         return None
+    exported_epoch = int(history.epochs[-1]["epoch"]) if history.epochs else -1
     if best.best_model_path:
         network.load_state_dict(network_weights(best.best_model_path))
+        exported_epoch = int(checkpoint_epoch(Path(best.best_model_path)))
     save_model(network.cpu(), ModelCard.for_training(params, meta), layout.models_dir)
     ResumeState(checkpoint_dir / "state.json").finish(key)
 
     top = history.best()
+    # train accuracy: the un-augmented train reference in eval mode, as val is measured
     gap = (top.get("train_acc") or 0.0) - (top.get("val_acc") or 0.0)
     report = {
         "best_epoch": int(top.get("epoch", -1)),
+        "exported_epoch": exported_epoch,
         "epochs_run": len(history.epochs),
         "stopped_early": trainer.current_epoch < params.train.max_epochs,
         "train_acc": top.get("train_acc"),
         "val_acc": top.get("val_acc"),
         "train_loss": top.get("train_loss"),
         "val_loss": top.get("val_loss"),
+        "train_acc_augmented": top.get("train_acc_augmented"),
+        "train_loss_augmented": top.get("train_loss_augmented"),
+        "train_reference_images": len(reference[1]),
         "train_val_gap": gap,
         "overfit_warning": gap > params.train.overfit_warn_gap,
         "device": str(trainer.strategy.root_device),

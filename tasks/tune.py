@@ -4,10 +4,12 @@ Run on its own with ``python -m tasks.tune`` (after augment).
 
 The search space is `tune.space` in params.yaml (any train.*, model.* or augment.* key). Every
 trial trains with Lightning on the packed data and reports validation metrics after each epoch
-through Ray's Lightning callback (`TuneReportCheckpointCallback`), with a checkpoint, so ASHA can
-stop weak trials early and a retried trial restarts from its last epoch. A trial that crashes is
-retried (`tune.max_failures`). An interrupted search (Ctrl-C, a killed job) resumes on the next
-run with `Tuner.restore`. With `train.cv_folds` > 1 a trial's score is its mean over the folds.
+(`tasks.tuning.trainable`), with a checkpoint, so ASHA can stop weak trials early and a retried
+trial restarts from its last epoch. A trial that crashes is retried (`tune.max_failures`); one
+that still fails is marked in trials.csv and counted in the stage's last line, and a search whose
+every trial fails stops with the first error and the file that holds its traceback. An
+interrupted search (Ctrl-C, a killed job) resumes on the next run with `Tuner.restore`. With
+`train.cv_folds` > 1 a trial's score is its mean over the folds.
 
 `tune.address`: null starts a local Ray with this machine's CPUs; "auto" or "ray://host:port"
 joins an existing cluster (the code travels to the workers as Ray's runtime `working_dir`).
@@ -21,11 +23,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tasks.core.config import Params, load_params_or_exit
+from tasks.core.config import Params, TuneSettings, load_params_or_exit
 from tasks.core.errors import UserError
 from tasks.core.fingerprint import ResumeState, files_in, fingerprint
 from tasks.core.io import write_json
@@ -151,11 +154,19 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
             "run again to resume it"
         )
     if finished == 0:
-        first_error = next((str(r.error) for r in results if r.error is not None), "")
-        last_line = (first_error.strip().splitlines() or ["no metrics reported"])[-1]
+        failed = [r for r in results if r.error is not None]
+        if not failed:
+            raise UserError(
+                f"tune: no trial reported {settings.metric} (trials in "
+                f"{layout.relative(experiment)})"
+            )
+        first_error = failed[0].error
+        last_line = (str(first_error).strip().splitlines() or [type(first_error).__name__])[-1]
+        error_file = Path(failed[0].path or experiment) / "error.txt"
         raise UserError(
-            f"tune: every trial failed; the first error: {last_line} (trial logs under "
-            f"{experiment})"
+            f"tune: every trial failed, each after {_retries(settings.max_failures)}; the first "
+            f"error: {last_line} (traceback: "
+            f"{layout.relative(error_file if error_file.exists() else experiment)})"
         )
     best = results.get_best_result(metric=settings.metric, mode=settings.mode, scope="all")
     table = trials_table(results, settings.metric, settings.mode)
@@ -186,6 +197,28 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     return summary
 
 
+def _retries(count: int) -> str:
+    return "1 retry" if count == 1 else f"{count} retries"
+
+
+def summary_line(summary: dict[str, Any], settings: TuneSettings, layout: Layout) -> str:
+    """The stage's last line: the trials (and how many failed for good), epochs, the best."""
+    best_params = layout.relative(layout.best_params)
+    if not summary["enabled"]:
+        return f"tune: disabled; {best_params} holds the params.yaml values"
+    trials = f"{summary['trials']} trials"
+    if summary["errored_trials"]:
+        trials += (
+            f" ({summary['errored_trials']} failed after {_retries(settings.max_failures)}: "
+            f"see {layout.relative(layout.tune_reports / 'trials.csv')})"
+        )
+    metric = settings.metric
+    return (
+        f"tune: {trials}, {summary['epochs_run']} epochs in all; best {metric} "
+        f"{summary[f'best_{metric}']:.4f} with {summary['best_params']} -> {best_params}"
+    )
+
+
 def main() -> None:
     layout = Layout.discover()
     params = load_params_or_exit(layout.params_file)
@@ -194,15 +227,7 @@ def main() -> None:
         import ray
 
         ray.shutdown()
-    best_params = layout.relative(layout.best_params)
-    if not summary["enabled"]:
-        print(f"tune: disabled; {best_params} holds the params.yaml values")
-        return
-    metric = params.tune.metric
-    print(
-        f"tune: {summary['trials']} trials, {summary['epochs_run']} epochs in all; best "
-        f"{metric} {summary[f'best_{metric}']:.4f} with {summary['best_params']} -> {best_params}"
-    )
+    print(summary_line(summary, params.tune, layout))
 
 
 if __name__ == "__main__":

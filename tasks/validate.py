@@ -7,6 +7,13 @@ Sizes are judged from the image header before any pixel is decoded, so a decompr
 costs a few kilobytes of memory. Pandera schemas check the manifest and the per-image
 statistics table lazily (every failure collected, not only the first).
 
+What a folder source held that is not data (hidden names, symlinked folders, ...: ingest's
+data/raw/ignored.csv) is counted in the report's ``ignored`` (count, per reason, examples), so
+``accepted + quarantined + ignored.count`` is every entry under the source.
+
+Only decoding errors make a file ``undecodable``; any other error (a bug, a MemoryError, a raw
+file gone missing) stops the stage with its traceback rather than quarantining good data.
+
 Outputs: data/validated/manifest.csv, data/quarantine/{manifest.csv,files/},
 reports/data/validation.json and plots in reports/data/.
 """
@@ -31,6 +38,7 @@ from tasks.core.layout import Layout
 from tasks.core.plotting import pyplot, save_figure
 from tasks.core.runner import stage_main
 from tasks.data.images import OversizedImage, UndecodableImage, load_converted, probe
+from tasks.data.sources import IGNORED_FILE, IGNORED_REASONS, count_ignored, describe_ignored
 
 REASONS = (
     "undecodable",
@@ -60,6 +68,16 @@ RAW_MANIFEST_SCHEMA = pa.DataFrameSchema(
     strict=True,
     coerce=True,
 )
+
+IGNORED_SCHEMA = pa.DataFrameSchema(
+    {
+        "path": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "reason": pa.Column(str, pa.Check.isin(IGNORED_REASONS)),
+        "detail": pa.Column(str),
+    },
+    strict=True,
+)
+IGNORED_EXAMPLES = 20  # in validation.json; data/raw/ignored.csv lists them all
 
 
 def header_schema(data: DataConfig) -> pa.DataFrameSchema:
@@ -160,11 +178,13 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.Da
         table.loc[index, ["reason", "detail"]] = [reason, detail]
 
     # 3. full decode of what is left; statistics of the converted pixels
-    def decode(index: int) -> tuple[int, np.ndarray | str]:
+    def decode(index: int) -> tuple[int, np.ndarray | tuple[str, str]]:
         try:
             return index, load_converted(files_dir / table.at[index, "path"], data.channels)
+        except OversizedImage as error:  # probe has judged the size: only if the file changed
+            return index, ("too_large", str(error))
         except UndecodableImage as error:
-            return index, str(error)
+            return index, ("undecodable", str(error))
 
     open_rows = list(table.index[table["reason"] == ""])
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -172,8 +192,8 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.Da
             pool.map(decode, open_rows), total=len(open_rows), desc="validate", unit="img"
         )
         for index, result in results:
-            if isinstance(result, str):
-                table.loc[index, ["reason", "detail"]] = ["undecodable", result]
+            if isinstance(result, tuple):
+                table.loc[index, ["reason", "detail"]] = list(result)
             else:
                 table.loc[index, ["mean", "std"]] = [float(result.mean()), float(result.std())]
 
@@ -203,8 +223,31 @@ def class_balance(accepted: pd.DataFrame) -> dict[str, Any]:
     return {"counts": {str(k): int(v) for k, v in counts.items()}, "max_min_ratio": ratio}
 
 
+def read_ignored(layout: Layout) -> pd.DataFrame:
+    """Ingest's list of what the source holds that is not data (path, reason, detail)."""
+    path = layout.raw_dir / IGNORED_FILE
+    require(path)
+    ignored = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return IGNORED_SCHEMA.validate(ignored, lazy=True)
+
+
+def ignored_report(ignored: pd.DataFrame) -> dict[str, Any]:
+    """Count per reason and up to IGNORED_EXAMPLES examples, taken from each reason in turn."""
+    ordered = ignored.sort_values("path", kind="stable")
+    turn = ordered.groupby("reason").cumcount()  # 0 for each reason's first path, 1, ...
+    examples = ordered.loc[turn.sort_values(kind="stable").index[:IGNORED_EXAMPLES]]
+    return {
+        "count": len(ignored),
+        "reasons": count_ignored(ignored["reason"]),
+        "examples": examples.sort_values("path").to_dict(orient="records"),
+    }
+
+
 def write_outputs(table: pd.DataFrame, layout: Layout) -> dict[str, Any]:
-    """Write the validated manifest and the quarantine (files + manifest); returns the report."""
+    """Write the validated manifest and the quarantine (files + manifest); returns the report.
+
+    The report also counts what ingest ignored (`layout.raw_dir`/ignored.csv).
+    """
     accepted = table[table["reason"] == ""]
     quarantined = table[table["reason"] != ""]
     files_dir, quarantine_dir = layout.raw_files, layout.quarantine_dir
@@ -242,6 +285,7 @@ def write_outputs(table: pd.DataFrame, layout: Layout) -> dict[str, Any]:
         "quarantined": n_quarantined,
         "quarantined_fraction": n_quarantined / total if total else 0.0,
         "reasons": {reason: int((quarantined["reason"] == reason).sum()) for reason in REASONS},
+        "ignored": ignored_report(read_ignored(layout)),
         "class_balance": class_balance(accepted),
     }
 
@@ -290,17 +334,19 @@ def plot_report(table: pd.DataFrame, report: dict[str, Any], layout: Layout) -> 
 def main() -> None:
     layout = Layout.discover()
     params = load_params_or_exit(layout.params_file)
-    require(layout.raw_manifest)
+    require(layout.raw_manifest, layout.raw_dir / IGNORED_FILE)
     manifest = pd.read_csv(layout.raw_manifest, dtype=str, keep_default_na=False)
     table = validate(manifest, params.data, layout.raw_files)
     report = write_outputs(table, layout)
     write_json(layout.validation_report, report)
     plot_report(table, report, layout)
     reasons = ", ".join(f"{k}={v}" for k, v in report["reasons"].items() if v) or "none"
+    ignored = describe_ignored(report["ignored"]["reasons"])
     print(
         f"validate: {report['total']} files: {report['accepted']} accepted, "
-        f"{report['quarantined']} quarantined ({reasons}) -> "
-        f"{layout.relative(layout.validated_manifest)}"
+        f"{report['quarantined']} quarantined ({reasons})"
+        + (f"; {ignored}" if ignored else "")
+        + f" -> {layout.relative(layout.validated_manifest)}"
     )
     ratio = report["class_balance"]["max_min_ratio"]
     if ratio > params.data.imbalance_warn:

@@ -3,17 +3,25 @@ local or on S3, resolved into a list of entries before any file is opened.
 
 Nothing is judged here except what must be judged before a file is opened: a manifest path that
 is absolute, climbs out with ``..`` or resolves (symlinks included) outside the source root is
-recorded with status ``unsafe_path``; a listed file that does not exist is recorded with status
-``missing``. The validate stage turns both into quarantine entries.
+recorded with status ``unsafe_path``; a listed file that does not exist (or a symlink to nothing)
+is recorded with status ``missing``. The validate stage turns both into quarantine entries.
+
+In a folder source some entries are not data and are never opened, but none is dropped silently:
+each is an :class:`IgnoredEntry` with its reason (:data:`IGNORED_REASONS`), which ingest writes to
+``data/raw/ignored.csv`` and validate counts, so ``accepted + quarantined + ignored`` is every
+entry under the source. The fingerprint (``tasks/source.py``) lists the same entries.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +33,13 @@ from tasks.core.errors import UserError
 from tasks.core.io import filesystem_for, is_remote, strip_protocol
 
 DIGITS_SOURCE = "sklearn:digits"
+IGNORED_FILE = "ignored.csv"  # written by ingest beside manifest.csv in data/raw
+IGNORED_COLUMNS = ["path", "reason", "detail"]
+IGNORED_REASONS = (
+    "hidden",  # a name starting with '.', or anything inside such a folder (.DS_Store, .git/...)
+    "symlinked_folder",  # a link to a folder inside the root: its files are listed where they are
+    "not_a_file",  # a FIFO, socket or device: opening a FIFO would block ingest forever
+)
 
 
 class SourceError(UserError, ValueError):
@@ -43,6 +58,30 @@ class SourceEntry:
 
 
 @dataclass(frozen=True)
+class IgnoredEntry:
+    """An entry under a folder source that is not data: never opened, but counted with a reason."""
+
+    path: str  # relative to the source root, POSIX separators
+    reason: str  # one of IGNORED_REASONS
+    detail: str = ""
+
+
+def count_ignored(reasons: Iterable[str]) -> dict[str, int]:
+    """Ignored entries per reason, every reason of IGNORED_REASONS listed (0 when none)."""
+    counts = Counter(reasons)
+    return {reason: counts.get(reason, 0) for reason in IGNORED_REASONS}
+
+
+def describe_ignored(counts: dict[str, int]) -> str:
+    """``3 ignored (hidden=2, symlinked_folder=1)`` for a stage's last line; '' when none."""
+    present = {reason: n for reason, n in counts.items() if n}
+    if not present:
+        return ""
+    reasons_text = ", ".join(f"{reason}={n}" for reason, n in present.items())
+    return f"{sum(present.values())} ignored ({reasons_text})"
+
+
+@dataclass(frozen=True)
 class Source:
     """A resolved source: a filesystem, the root every path is relative to, and its entries."""
 
@@ -50,6 +89,7 @@ class Source:
     root: str
     entries: list[SourceEntry]
     remote: bool
+    ignored: list[IgnoredEntry] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- digits
@@ -100,36 +140,102 @@ def _escapes_root(root: str, path: str) -> bool:
     return os.path.commonpath([real_root, real_path]) != real_root
 
 
-def list_folder(filesystem: Any, root: str, remote: bool) -> list[SourceEntry]:
-    """Every file under a class-folder root; the first folder level is the label."""
+def list_folder(
+    filesystem: Any, root: str, remote: bool
+) -> tuple[list[SourceEntry], list[IgnoredEntry]]:
+    """Every entry under a class-folder root, as data entries and ignored entries.
+
+    The first folder level is the label. Symlinked folders are never followed (a link that
+    resolves outside the root is ``unsafe_path``); hidden names and everything below them are
+    ignored, whatever they point to.
+    """
     if not filesystem.isdir(root):
         raise SourceError(f"data.source: folder {root!r} does not exist or is not a folder")
-    entries: list[SourceEntry] = []
     if remote:
-        for key in filesystem.find(root):
-            relative = key[len(root.rstrip("/")) + 1 :]
-            if not any(part.startswith(".") for part in relative.split("/")):
-                entries.append(_folder_entry(relative))
-        return entries
-    for directory, folders, files in os.walk(root, followlinks=False):
-        folders[:] = [name for name in folders if not name.startswith(".")]  # .git, .ipynb_...
-        for name in sorted(folders):
+        return list_keys(root, filesystem.find(root))
+    return _list_local_folder(root)
+
+
+def list_keys(root: str, keys: Iterable[str]) -> tuple[list[SourceEntry], list[IgnoredEntry]]:
+    """Entries of an object store's keys under `root` (no folders or links there: only hidden)."""
+    prefix = root.rstrip("/") + "/"
+    entries: list[SourceEntry] = []
+    ignored: list[IgnoredEntry] = []
+    for key in keys:
+        relative = key[len(prefix) :]
+        hidden = _hidden_detail(relative)
+        if hidden:
+            ignored.append(IgnoredEntry(relative, "hidden", hidden))
+        else:
+            entries.append(_folder_entry(relative))
+    return entries, ignored
+
+
+def _list_local_folder(root: str) -> tuple[list[SourceEntry], list[IgnoredEntry]]:
+    entries: list[SourceEntry] = []
+    ignored: list[IgnoredEntry] = []
+
+    def unreadable(error: OSError) -> None:
+        raise error  # a folder that cannot be listed must not lose its files silently
+
+    for directory, folders, files in os.walk(root, onerror=unreadable):  # links not followed
+        links = [name for name in folders if os.path.islink(os.path.join(directory, name))]
+        for name in sorted(links) + sorted(files):
             full = os.path.join(directory, name)
             relative = os.path.relpath(full, root).replace(os.sep, "/")
-            if os.path.islink(full) and _escapes_root(root, relative):
-                label = relative.split("/")[0] if "/" in relative else ""
-                detail = f"symlinked folder points outside the source root ({os.readlink(full)})"
-                entries.append(SourceEntry(relative, label, "unsafe_path", detail))
-        for name in files:
-            relative = os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/")
-            if name.startswith("."):
-                continue  # .DS_Store, .gitkeep, hidden folders: file-system clutter, not data
-            entry = _folder_entry(relative)
-            if _escapes_root(root, relative):
-                detail = "symlink resolves outside the source root"
-                entry = SourceEntry(entry.path, entry.label, "unsafe_path", detail)
-            entries.append(entry)
-    return entries
+            found = _folder_link(root, relative) if name in links else _file(root, relative)
+            (ignored if isinstance(found, IgnoredEntry) else entries).append(found)
+    return entries, ignored
+
+
+def _folder_link(root: str, relative: str) -> SourceEntry | IgnoredEntry:
+    """A symlink to a folder: hidden, unsafe (escapes the root) or ignored (not followed)."""
+    hidden = _hidden_detail(relative)
+    if hidden:
+        return IgnoredEntry(relative, "hidden", hidden)
+    target = os.readlink(os.path.join(root, relative))
+    if _escapes_root(root, relative):
+        detail = f"symlinked folder points outside the source root ({target})"
+        return replace(_folder_entry(relative), status="unsafe_path", detail=detail)
+    detail = f"symlink to a folder inside the source ({target}), not followed"
+    return IgnoredEntry(relative, "symlinked_folder", detail)
+
+
+def _file(root: str, relative: str) -> SourceEntry | IgnoredEntry:
+    """Anything in a folder that is not a folder: a file, a link to one, a FIFO, a broken link."""
+    hidden = _hidden_detail(relative)
+    if hidden:
+        return IgnoredEntry(relative, "hidden", hidden)
+    entry = _folder_entry(relative)
+    if _escapes_root(root, relative):
+        detail = "symlink resolves outside the source root"
+        return replace(entry, status="unsafe_path", detail=detail)
+    full = os.path.join(root, relative)
+    try:
+        mode = os.stat(full).st_mode  # follows a link, known by now to stay inside the root
+    except OSError as error:
+        if error.errno not in {errno.ENOENT, errno.ELOOP, errno.ENOTDIR}:
+            raise
+        if os.path.islink(full):
+            detail = f"symlink to nothing ({os.readlink(full)}: {error.strerror})"
+        else:
+            detail = f"vanished while the source was listed ({error.strerror})"
+        return replace(entry, status="missing", detail=detail)
+    if not stat.S_ISREG(mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        return IgnoredEntry(relative, "not_a_file", f"a {kind}, not a regular file")
+    return entry
+
+
+def _hidden_detail(relative: str) -> str:
+    """Why `relative` is hidden (its name or a folder above starts with '.'), or '' when not."""
+    parts = relative.split("/")
+    for depth, part in enumerate(parts):
+        if part.startswith("."):
+            if depth == len(parts) - 1:
+                return "name starts with '.'"
+            return f"inside hidden folder {'/'.join(parts[: depth + 1])}"
+    return ""
 
 
 def _folder_entry(relative: str) -> SourceEntry:
@@ -189,6 +295,7 @@ def open_source(
     remote = is_remote(location)
     filesystem = filesystem_for(location, storage_options)
     path = strip_protocol(location).rstrip("/") if remote else location.rstrip("/") or "/"
+    ignored: list[IgnoredEntry] = []
     if path.lower().endswith(".csv"):
         root, entries = list_manifest(filesystem, path, remote, group_column)
     elif group_column:
@@ -197,5 +304,12 @@ def open_source(
             f"{location!r} is a folder"
         )
     else:
-        root, entries = path, list_folder(filesystem, path, remote)
-    return Source(filesystem, root, sorted(entries, key=lambda e: (e.path, e.label)), remote)
+        root = path
+        entries, ignored = list_folder(filesystem, path, remote)
+    return Source(
+        filesystem,
+        root,
+        sorted(entries, key=lambda e: (e.path, e.label)),
+        remote,
+        sorted(ignored, key=lambda e: e.path),
+    )

@@ -9,7 +9,10 @@ from tqdm import tqdm
 
 from tasks.modeling.networks import set_backbone_trainable
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# train_*: the un-augmented train sample in eval mode, after the epoch (what the train/val gap
+# compares); train_*_augmented: the epoch's training batches as trained (augmented, dropout on)
+SHOWN = ("train_loss", "train_acc", "val_loss", "val_acc")
+METRICS = (*SHOWN, "train_loss_augmented", "train_acc_augmented")
 
 
 class History(L.Callback):
@@ -30,8 +33,14 @@ class History(L.Callback):
         self.epochs = list(state_dict.get("epochs", []))
 
     def best(self) -> dict[str, float]:
+        """The first epoch with the highest val_acc: the epoch whose weights train exports.
+
+        The same rule as the checkpoint that holds them (`ModelCheckpoint(monitor="val_acc",
+        mode="max")` replaces its best only on a strictly higher value), so a tie goes to the
+        earlier epoch here too.
+        """
         scored = [e for e in self.epochs if "val_acc" in e]
-        return max(scored, key=lambda e: (e["val_acc"], -e.get("val_loss", 0.0))) if scored else {}
+        return max(scored, key=lambda e: e["val_acc"]) if scored else {}
 
 
 class EpochProgress(L.Callback):
@@ -58,20 +67,32 @@ class EpochProgress(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.bar is not None:
             metrics = trainer.callback_metrics
-            shown = {k: f"{float(metrics[k]):.4f}" for k in METRICS if k in metrics}
+            shown = {k: f"{float(metrics[k]):.4f}" for k in SHOWN if k in metrics}
             self.bar.set_postfix(shown, refresh=False)
             self.bar.close()
             self.bar = None
 
 
 class FreezeBackbone(L.Callback):
-    """Train only the head for the first `epochs` epochs (all of them when epochs == 0)."""
+    """Train only the head for the first `epochs` epochs (all of them when epochs == 0).
+
+    While frozen the backbone is also in eval mode (`set_backbone_trainable`), so its BatchNorm
+    statistics stay as loaded. Lightning 2.6 sets no module's mode when an epoch starts, and its
+    validation loop gives every module back the mode it found it in, so setting it when the fit
+    starts (a resumed run starts mid-schedule) and when each epoch starts holds for the epoch.
+    """
 
     def __init__(self, epochs: int, max_epochs: int):
         self.until = epochs if epochs > 0 else max_epochs
 
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def _apply(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         frozen = trainer.current_epoch < self.until
         set_backbone_trainable(module.network, trainable=not frozen)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._apply(trainer, module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._apply(trainer, module)
         if trainer.current_epoch == self.until and trainer.is_global_zero:
             print(f"train: epoch {self.until}: backbone unfrozen, fine-tuning every layer")

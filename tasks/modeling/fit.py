@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -19,7 +19,7 @@ from torch import nn
 
 from tasks.core.config import Params
 from tasks.core.errors import UserError
-from tasks.data.packed import Arrays, PackedMeta
+from tasks.data.packed import Arrays, PackedMeta, Split
 from tasks.modeling.batches import PackedDataModule
 from tasks.modeling.callbacks import METRICS, EpochProgress, FreezeBackbone, History
 from tasks.modeling.module import Classifier
@@ -50,11 +50,42 @@ def preprocessing_for(meta: PackedMeta) -> Preprocessing:
     return Preprocessing(meta.image_size, meta.channels, meta.mean, meta.std)
 
 
-def make_module(params: Params, meta: PackedMeta) -> Classifier:
-    """A fresh Classifier (network + the data's preprocessing) for `params`, seeded first."""
+def make_module(
+    params: Params, meta: PackedMeta, train_reference: Split | None = None
+) -> Classifier:
+    """A fresh Classifier (network + the data's preprocessing) for `params`.
+
+    `train_reference`: the un-augmented train images its `train_acc` is measured on after each
+    epoch (see `train_reference`); without it only the training batches' `train_acc_augmented`
+    is logged.
+    """
     return Classifier(
-        make_network(params, meta), preprocessing_for(meta), len(meta.classes), params
+        make_network(params, meta),
+        preprocessing_for(meta),
+        len(meta.classes),
+        params,
+        train_reference=train_reference,
     )
+
+
+def packed_originals(arrays: Arrays, meta: PackedMeta) -> int:
+    """How many train images lead un-augmented: the packed train split (augment appends its
+    copies after them)."""
+    return min(meta.counts.get("train", len(arrays.train[1])), len(arrays.train[1]))
+
+
+def train_reference(arrays: Arrays, originals: int, seed: int) -> Split:
+    """What train accuracy is measured on: a seeded sample of the first `originals` train
+    images (the un-augmented ones), as many as the val split holds, or all of them if fewer.
+
+    As large as the val split, the measurement costs at most one more validation pass per epoch
+    (a forward pass, no backward). Sorted, so it is read in the arrays' order.
+    """
+    images, labels = arrays.train
+    originals = min(originals, len(labels))
+    size = min(originals, max(len(arrays.val[1]), 1))
+    chosen = np.sort(np.random.default_rng(seed).choice(originals, size=size, replace=False))
+    return images[chosen], labels[chosen]
 
 
 def is_rank_zero() -> bool:
@@ -139,13 +170,17 @@ def fit_once(
     meta: PackedMeta,
     extra_callbacks: list[L.Callback] | None = None,
     ckpt_path: str | None = None,
+    originals: int | None = None,
 ) -> tuple[nn.Module, History]:
     """One plain fit (no checkpoints, no logger, one device): used by CV folds and tuning trials.
 
-    `ckpt_path` resumes from a Lightning checkpoint (a restored tuning trial).
+    `ckpt_path` resumes from a Lightning checkpoint (a restored tuning trial). `originals`: how
+    many train images lead un-augmented (default: the packed train split's count).
     """
     L.seed_everything(params.seed, workers=True, verbose=False)
-    module = make_module(params, meta)
+    if originals is None:
+        originals = packed_originals(arrays, meta)
+    module = make_module(params, meta, train_reference(arrays, originals, params.seed))
     history = History()
     callbacks = [history, *regularization_callbacks(params), *(extra_callbacks or [])]
     steps = steps_per_epoch(arrays, params.train.batch_size)
@@ -155,20 +190,27 @@ def fit_once(
     return module.network, history
 
 
-def cross_validate(params: Params, arrays: Arrays, meta: PackedMeta) -> dict[str, Any]:
-    """k-fold CV over train+val; an image's augmented copies stay in its fold.
+class Fold(NamedTuple):
+    """One cross-validation fold: what it trains and validates on."""
+
+    arrays: Arrays  # train: the fold's originals, then their augmented copies; val: held out
+    originals: int  # how many train images lead un-augmented
+
+
+def fold_arrays(arrays: Arrays, fold: int) -> Fold:
+    """The arrays fold `fold` trains and validates on (cross_validate fits exactly these).
 
     `arrays.folds` assigns a fold to every original train image, then every val image (split's
-    order); `arrays.train` holds the train originals first, then their augmented copies.
+    order); `arrays.train` holds the train originals first, then their augmented copies, copy
+    after copy in the originals' order. The pool (train originals + val) is split by fold; an
+    augmented copy trains only in the folds where its original trains, never where it is held
+    out.
     """
     folds = arrays.folds
     train_x, train_y = arrays.train
     val_x, val_y = arrays.val
     if folds is None:
-        raise UserError(
-            f"cv: train.cv_folds={params.train.cv_folds} but no folds were packed; re-run the "
-            "split stage"
-        )
+        raise UserError("cv: no folds were packed; re-run the split stage")
     n_train_originals = len(folds) - len(val_y)
     if n_train_originals <= 0 or len(train_y) % n_train_originals:
         raise UserError(
@@ -177,24 +219,33 @@ def cross_validate(params: Params, arrays: Arrays, meta: PackedMeta) -> dict[str
         )
     pool_x = np.concatenate([train_x[:n_train_originals], val_x])
     pool_y = np.concatenate([train_y[:n_train_originals], val_y])
-    copies_x = train_x[n_train_originals:]
-    copies_y = train_y[n_train_originals:]
-    copies_fold = np.tile(folds[:n_train_originals], len(copies_y) // max(n_train_originals, 1))
-    results = []
-    for fold in range(int(folds.max()) + 1):
-        held_out = folds == fold
-        fold_arrays = Arrays(
-            train=(
-                np.concatenate([pool_x[~held_out], copies_x[copies_fold != fold]]),
-                np.concatenate([pool_y[~held_out], copies_y[copies_fold != fold]]),
-            ),
-            val=(pool_x[held_out], pool_y[held_out]),
+    copies_fold = np.tile(folds[:n_train_originals], len(train_y) // n_train_originals - 1)
+    held_out = folds == fold
+    trained_copies = np.flatnonzero(copies_fold != fold) + n_train_originals
+    train = (
+        np.concatenate([pool_x[~held_out], train_x[trained_copies]]),
+        np.concatenate([pool_y[~held_out], train_y[trained_copies]]),
+    )
+    validation = (pool_x[held_out], pool_y[held_out])
+    return Fold(Arrays(train=train, val=validation), originals=int((~held_out).sum()))
+
+
+def cross_validate(params: Params, arrays: Arrays, meta: PackedMeta) -> dict[str, Any]:
+    """k-fold CV over train+val (`fold_arrays`); an image's augmented copies stay in its fold."""
+    if arrays.folds is None:
+        raise UserError(
+            f"cv: train.cv_folds={params.train.cv_folds} but no folds were packed; re-run the "
+            "split stage"
         )
-        _network, history = fit_once(params, fold_arrays, meta)
+    count = int(arrays.folds.max()) + 1
+    results = []
+    for fold in range(count):
+        fold_data = fold_arrays(arrays, fold)
+        _network, history = fit_once(params, fold_data.arrays, meta, originals=fold_data.originals)
         best = history.best()
         results.append({"fold": fold, **{k: best.get(k) for k in ("epoch", *METRICS)}})
         accuracy = best.get("val_acc", 0.0)
-        print(f"train: cv fold {fold + 1}/{folds.max() + 1}: val accuracy {accuracy:.4f}")
+        print(f"train: cv fold {fold + 1}/{count}: val accuracy {accuracy:.4f}")
     summary: dict[str, Any] = {"folds": len(results), "per_fold": results, "mean": {}, "std": {}}
     for metric in METRICS:
         values = np.array([r[metric] for r in results if r.get(metric) is not None], dtype=float)

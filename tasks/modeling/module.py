@@ -3,6 +3,12 @@
 The network (`tasks.modeling.networks`) and the preprocessing (`tasks.modeling.preprocessing`)
 are plain modules it holds; batches arrive as uint8 and are augmented online (on the device,
 `augment.online`) between scaling and normalizing.
+
+Train accuracy is measured twice. The training batches give `train_{loss,acc}_augmented`:
+augmented, dropout on, and averaged over an epoch whose weights kept changing, so they understate
+overfitting. `train_{loss,acc}` are measured like the validation figures they are compared with:
+after the epoch, in eval mode, on a fixed sample of un-augmented train images (`train_reference`,
+no larger than the val split, so the extra work is at most one more validation pass).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
 from torch import nn
@@ -23,12 +30,27 @@ from tasks.modeling.preprocessing import Preprocessing
 AUGMENT_SEED_STRIDE = 100_003
 AUGMENT_EPOCH_STRIDE = 1009
 
+# the accumulators of `_shared_step`: the training batches, the train reference, val and test
+SPLITS = ("train_augmented", "train", "val", "test")
+
+
+def metric_name(split: str, stat: str) -> str:
+    """What a split's statistic is logged as: `val`, `acc` -> `val_acc`; `train_augmented`,
+    `acc` -> `train_acc_augmented`."""
+    name, _, variant = split.partition("_")
+    return "_".join(filter(None, (name, stat, variant)))
+
 
 class Classifier(L.LightningModule):
     """One shared step for train/val/test; one accuracy metric object per split."""
 
     def __init__(
-        self, network: nn.Module, preprocessing: Preprocessing, num_classes: int, params: Params
+        self,
+        network: nn.Module,
+        preprocessing: Preprocessing,
+        num_classes: int,
+        params: Params,
+        train_reference: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         super().__init__()
         self.network = network
@@ -38,9 +60,17 @@ class Classifier(L.LightningModule):
         self.accuracy = nn.ModuleDict(
             {
                 f"{split}_acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-                for split in ("train", "val", "test")
+                for split in SPLITS
             }
         )
+        # un-augmented train images (uint8) and labels: `train_loss`/`train_acc` each epoch
+        self.train_reference = None
+        if train_reference is not None:
+            images, labels = train_reference
+            self.train_reference = (
+                torch.from_numpy(np.ascontiguousarray(images)),
+                torch.from_numpy(np.asarray(labels)).long(),
+            )
         self.augment = BatchAugment(params.augment) if params.augment.online else None
         self.generator: torch.Generator | None = None
         # per-split running loss sum and image count; logged once per epoch (see _log_epoch)
@@ -87,7 +117,7 @@ class Classifier(L.LightningModule):
         return loss
 
     def _log_epoch(self, split: str) -> None:
-        """Log the epoch's mean loss and accuracy once.
+        """Log the epoch's mean loss and accuracy once (`train_augmented`: `train_*_augmented`).
 
         `self.log` on every step (Lightning's per-step result collection, device moves, and the
         metric's forward computing a batch value nobody reads) was the largest part of
@@ -99,24 +129,44 @@ class Classifier(L.LightningModule):
             return
         accuracy = self.accuracy[f"{split}_acc"]
         sync = self.trainer.world_size > 1
-        self.log(f"{split}_loss", running / count, on_step=False, on_epoch=True, sync_dist=sync)
-        self.log(f"{split}_acc", accuracy.compute(), on_step=False, on_epoch=True)  # synced
+        loss, acc = metric_name(split, "loss"), metric_name(split, "acc")
+        self.log(loss, running / count, on_step=False, on_epoch=True, sync_dist=sync)
+        self.log(acc, accuracy.compute(), on_step=False, on_epoch=True)  # synced
         accuracy.reset()
+
+    def _measure_train_reference(self) -> None:
+        """`_shared_step` over this rank's share of the train reference, as validation runs it.
+
+        Called from the validation loop: eval mode, no gradients, no augmentation; in the same
+        precision context as a validation step.
+        """
+        images, labels = self.train_reference
+        rank, world = self.global_rank, self.trainer.world_size
+        images, labels = images[rank::world], labels[rank::world]
+        size = self.params.train.batch_size
+        with self.trainer.precision_plugin.forward_context():
+            for start in range(0, len(labels), size):
+                batch = (images[start : start + size], labels[start : start + size])
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                self._shared_step(self.on_after_batch_transfer(batch, 0), "train")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_index: int) -> None:
         # the last batch, before the validation pass: History and the progress bar, which run
         # at the end of the epoch, then see this epoch's train metrics beside its val metrics
         if batch_index + 1 >= self.trainer.num_training_batches:
-            self._log_epoch("train")
+            self._log_epoch("train_augmented")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        if self.train_reference is not None and not self.trainer.sanity_checking:
+            self._measure_train_reference()
+            self._log_epoch("train")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
     def training_step(self, batch: Any, batch_index: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train_augmented")
 
     def validation_step(self, batch: Any, batch_index: int) -> None:
         self._shared_step(batch, "val")

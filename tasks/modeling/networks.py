@@ -101,8 +101,29 @@ def head_parameters(network: nn.Module) -> list[str]:
     return [name for name, _ in network.named_parameters() if name.startswith(prefix)]
 
 
+def backbone_modules(network: nn.Module, head_prefix: str | None = None) -> list[nn.Module]:
+    """The largest submodules of `network` that hold nothing of its classification head."""
+    head = network.head_prefix if head_prefix is None else head_prefix
+    modules: list[nn.Module] = []
+    for name, child in network.named_children():
+        if head == f"{name}.":
+            continue
+        if head.startswith(f"{name}."):  # a parent of the head: look inside it
+            modules += backbone_modules(child, head.removeprefix(f"{name}."))
+        else:
+            modules.append(child)
+    return modules
+
+
 def set_backbone_trainable(network: nn.Module, trainable: bool) -> None:
-    """Freeze or unfreeze every parameter outside the classification head."""
+    """Freeze or unfreeze everything outside the classification head.
+
+    Frozen means no gradients and eval mode: BatchNorm then normalizes with the running statistics
+    it was given instead of updating them from each batch, so a frozen backbone changes in no
+    parameter and no buffer (a linear probe is one). Unfreezing puts it back in train mode.
+    """
     for name, parameter in network.named_parameters():
         if not name.startswith(network.head_prefix):
             parameter.requires_grad_(trainable)
+    for module in backbone_modules(network):
+        module.train(trainable)

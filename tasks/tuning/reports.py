@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.plotting import pyplot, save_figure
+from tasks.tuning.attempts import attempts_made
 
 
 def trials_table(results: Any, metric: str, mode: str) -> pd.DataFrame:
@@ -18,7 +19,9 @@ def trials_table(results: Any, metric: str, mode: str) -> pd.DataFrame:
         has_history = history is not None and metric in getattr(history, "columns", [])
         values = history[metric].dropna() if has_history else pd.Series(dtype=float)
         best = (values.max() if mode == "max" else values.min()) if len(values) else np.nan
-        attempts = int(history["attempt"].max()) if has_history and "attempt" in history else 1
+        reported = int(history["attempt"].max()) if has_history and "attempt" in history else 1
+        # the trial's own count also sees a last attempt that died before it reported
+        attempts = max(reported, attempts_made(result.path) if result.path else 0)
         row = {f"config/{k}": v for k, v in (result.config or {}).items()}
         row |= {
             "trial_id": (result.metrics or {}).get("trial_id", ""),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-FAIL_ONCE_ENV = "SIXFOLD_TUNE_FAIL_ONCE"  # fault injection for tests: a marker file path
-
 LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
 
@@ -25,16 +23,21 @@ def start_ray(address: str | None, root: Path) -> None:
     keep_ray_on_loopback(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a crashed trial's traceback goes to its error.txt, not the console: a retried crash needs
+    # no traceback, and a search that fails names the file (set it to 1 to see them all)
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     import ray
 
     runtime_env = {
         "working_dir": str(root),
         # anchored at the root: a bare "data" would also leave out the tasks/data package
         "excludes": ["/.venv", "/.git", "/.dvc", "/data", "/models", "/reports", "**/__pycache__"],
-        "env_vars": {k: v for k, v in os.environ.items() if k == FAIL_ONCE_ENV},
     }
     if address is None:
         ray.init(
+            # "local": always a Ray of its own; None would join a `ray start` cluster found
+            # on this machine (and fail there: a cluster's CPUs are not ours to set)
+            address="local",
             num_cpus=os.cpu_count() or 1,
             include_dashboard=False,
             runtime_env=runtime_env,

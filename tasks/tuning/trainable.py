@@ -10,32 +10,37 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from tasks.data.packed import Arrays, PackedMeta
 from tasks.modeling.fit import cross_validate, fit_once
-from tasks.tuning.runtime import FAIL_ONCE_ENV
+from tasks.tuning.attempts import count_attempt
 from tasks.tuning.space import trial_params
 
 CHECKPOINT_FILE = "trial.ckpt"
 
 
 class ReportToTune(L.Callback):
-    """After each validation pass: report the running best and the epoch's metrics, with a
-    checkpoint, through Ray's public `tune.report`."""
+    """At the end of each training epoch (its validation done): report the running best and the
+    epoch's metrics, with a checkpoint, through Ray's public `tune.report`.
+
+    Not at the end of validation: for Lightning that is the middle of the epoch, and a fit
+    resumed from there ends the epoch again without its validation metrics, so EarlyStopping
+    fails the retried trial ("conditioned on metric `val_loss` which is not available", Lightning
+    issues 13225 and 18595). A checkpoint from the epoch's end resumes with the next epoch.
+    """
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
         self.best: dict[str, float] = {}
 
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         from ray import tune
 
         metrics = trainer.callback_metrics
-        if trainer.sanity_checking or "val_acc" not in metrics or "val_loss" not in metrics:
+        if "val_acc" not in metrics or "val_loss" not in metrics:
             return
         epoch_values = {
             "val_acc": float(metrics["val_acc"]),
@@ -62,14 +67,6 @@ class ReportToTune(L.Callback):
         self.best = dict(state_dict.get("best", {}))
 
 
-def count_attempt(trial_dir: str) -> int:
-    """1 for a trial's first run, 2 for its first retry, ... (kept in the trial's folder)."""
-    attempts_file = Path(trial_dir) / "attempts.txt"
-    attempt = int(attempts_file.read_text()) + 1 if attempts_file.exists() else 1
-    attempts_file.write_text(str(attempt))
-    return attempt
-
-
 def run_trial(
     config: dict[str, Any], base: dict[str, Any], arrays: Arrays, meta: PackedMeta
 ) -> None:
@@ -79,14 +76,7 @@ def run_trial(
 
     torch.set_num_threads(max(1, int(base["tune"]["cpus_per_trial"])))
     params = trial_params(base, config)
-    context = tune.get_context()
-    attempt = count_attempt(context.get_trial_dir())
-
-    marker = os.environ.get(FAIL_ONCE_ENV)
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text(context.get_trial_id())
-        raise RuntimeError(f"injected failure ({FAIL_ONCE_ENV}) in trial {context.get_trial_id()}")
-
+    attempt = count_attempt(tune.get_context().get_trial_dir())
     if params.train.cv_folds > 1:
         summary = cross_validate(params, arrays, meta)
         tune.report(

@@ -10,6 +10,9 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,9 +24,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.data.sources import SourceError
+from tasks.data.sources import IGNORED_COLUMNS, IGNORED_REASONS, SourceError
 from tasks.ingest import MANIFEST_COLUMNS, ingest
 from tasks.source import refresh, source_fingerprint
+from tests.conftest import REPO_ROOT
+from tests.images import entries_under, plant_not_data
 
 SECRET = b"OUTSIDE-THE-ROOT-" + uuid.uuid4().hex.encode()
 
@@ -47,6 +52,14 @@ def write_png(path: Path, value: int) -> bytes:
 
 def read_manifest(out_dir: Path) -> pd.DataFrame:
     return pd.read_csv(out_dir / "manifest.csv", dtype=str, keep_default_na=False)
+
+
+def read_ignored(out_dir: Path) -> dict[str, str]:
+    """data/raw/ignored.csv as path -> reason (its columns checked)."""
+    table = pd.read_csv(out_dir / "ignored.csv", dtype=str, keep_default_na=False)
+    assert list(table.columns) == IGNORED_COLUMNS
+    assert table["detail"].str.len().gt(0).all(), "an ignored entry must say why"
+    return dict(zip(table["path"], table["reason"], strict=True))
 
 
 def rows_by_path(manifest: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -134,6 +147,7 @@ def test_ingest_replaces_what_a_previous_run_left(tmp_path: Path) -> None:
     assert not stale.exists()
     assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()) == [
         "files/a/one.png",
+        "ignored.csv",
         "manifest.csv",
     ]
 
@@ -216,6 +230,96 @@ def test_folder_symlinked_directory_outside_the_root_is_unsafe(tmp_path: Path) -
     assert SECRET not in b"".join(all_copied_bytes(out_dir))
 
 
+def _cluttered_source(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Images, an escaping symlinked folder (quarantined) and clutter (ignored, with reasons)."""
+    source = tmp_path / "src"
+    for index, label in enumerate(["cat", "cat", "dog", "dog"]):
+        write_png(source / label / f"{label}_{index}.png", 10 + index)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.png").write_bytes(SECRET)
+    (source / "dog" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (source / "cat" / ".sneaky.png").symlink_to(elsewhere / "secret.png")  # hidden: ignored
+    ignored = plant_not_data(source, elsewhere) | {"cat/.sneaky.png": "hidden"}
+    return source, ignored
+
+
+def test_a_folder_source_accounts_for_every_entry(tmp_path: Path) -> None:
+    """Copied, flagged or ignored with a reason: nothing under the folder vanishes silently."""
+    source, want_ignored = _cluttered_source(tmp_path)
+    out_dir = tmp_path / "raw"
+    manifest = ingest(str(source), {}, out_dir)
+
+    ignored = read_ignored(out_dir)
+    assert ignored == want_ignored
+    listed = set(manifest["path"])
+    assert not listed & set(ignored)
+    assert listed | set(ignored) == entries_under(source)
+    assert rows_by_path(manifest)["dog/linked"]["status"] == "unsafe_path"
+    assert (manifest["status"] == "ok").sum() == 4
+    # hidden and symlinked folders are never entered: nothing of theirs is copied
+    assert sorted(p.name for p in (out_dir / "files").rglob("*") if p.is_file()) == [
+        "cat_0.png",
+        "cat_1.png",
+        "dog_2.png",
+        "dog_3.png",
+    ]
+    assert SECRET not in b"".join(all_copied_bytes(out_dir))
+
+
+def test_symlinks_to_nothing_are_flagged_missing(tmp_path: Path) -> None:
+    """A dangling link or a link loop is an input that cannot be read: quarantined, not a crash."""
+    source = tmp_path / "src"
+    write_png(source / "cat" / "ok.png", 10)
+    (source / "cat" / "gone.png").symlink_to(source / "cat" / "deleted.png")
+    (source / "cat" / "loop_a.png").symlink_to(source / "cat" / "loop_b.png")
+    (source / "cat" / "loop_b.png").symlink_to(source / "cat" / "loop_a.png")
+
+    out_dir = tmp_path / "raw"
+    rows = rows_by_path(ingest(str(source), {}, out_dir))
+
+    assert {path: row["status"] for path, row in rows.items()} == {
+        "cat/ok.png": "ok",
+        "cat/gone.png": "missing",
+        "cat/loop_a.png": "missing",
+        "cat/loop_b.png": "missing",
+    }
+    assert "symlink to nothing" in rows["cat/gone.png"]["detail"]
+    assert read_ignored(out_dir) == {}
+
+
+FIFO_INGEST = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tasks.ingest import ingest
+    ingest(sys.argv[1], {}, Path(sys.argv[2]))
+    """
+)
+
+
+def test_a_fifo_inside_the_root_is_ignored_not_opened(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: finishing proves it was not."""
+    source = tmp_path / "src"
+    write_png(source / "cat" / "ok.png", 10)
+    os.mkfifo(source / "cat" / "pipe.png")
+    out_dir = tmp_path / "raw"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", FIFO_INGEST, str(source), str(out_dir)],
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("ingest hung: it opened a FIFO inside the source")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_manifest(out_dir)["path"].tolist() == ["cat/ok.png"]
+    assert read_ignored(out_dir) == {"cat/pipe.png": "not_a_file"}
+    assert set(IGNORED_REASONS) == {"hidden", "symlinked_folder", "not_a_file"}
+
+
 def test_missing_folder_source_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "folder"
     with pytest.raises(SourceError) as caught:
@@ -226,8 +330,12 @@ def test_missing_folder_source_names_the_path(tmp_path: Path) -> None:
 def test_empty_folder_source_is_an_error(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
+    with pytest.raises(SourceError, match=r"holds no files$"):
+        ingest(str(source), {}, tmp_path / "raw")
     (source / ".DS_Store").write_bytes(b"only clutter")
-    with pytest.raises(SourceError, match="holds no files"):
+    (source / ".git").mkdir()
+    (source / ".git" / "HEAD").write_bytes(b"ref")
+    with pytest.raises(SourceError, match=r"holds no files to ingest; 2 ignored \(hidden=2\)$"):
         ingest(str(source), {}, tmp_path / "raw")
 
 
@@ -428,17 +536,19 @@ def test_s3_manifest(bucket: tuple[object, str], s3_server: str, tmp_path: Path)
     assert_copies_match(out_dir, manifest)
 
 
-def test_s3_dotfiles_are_skipped_like_local_ones(
+def test_s3_dotfiles_are_ignored_like_local_ones(
     bucket: tuple[object, str], s3_server: str, tmp_path: Path
 ) -> None:
     client, name = bucket
-    _upload(
-        client,
-        name,
-        {"tree/cat/c1.png": png_bytes(10), "tree/.DS_Store": b"x", "tree/cat/.DS_Store": b"x"},
-    )
-    manifest = ingest(f"s3://{name}/tree", {"endpoint_url": s3_server}, tmp_path / "raw")
+    hidden = ["tree/.DS_Store", "tree/cat/.DS_Store", "tree/.git/HEAD", "tree/cat/.thumbs/c1.png"]
+    _upload(client, name, {"tree/cat/c1.png": png_bytes(10)} | dict.fromkeys(hidden, b"x"))
+    options = {"endpoint_url": s3_server}
+    out_dir = tmp_path / "raw"
+    manifest = ingest(f"s3://{name}/tree", options, out_dir)
     assert manifest["path"].tolist() == ["cat/c1.png"]
+    assert read_ignored(out_dir) == {key.removeprefix("tree/"): "hidden" for key in hidden}
+    # the fingerprint lists what ingest lists: a hidden key is counted, not copied
+    assert source_fingerprint(f"s3://{name}/tree", options)["entries"] == 1 + len(hidden)
 
 
 def test_s3_ingest_in_the_same_process_sees_new_objects(
@@ -534,6 +644,23 @@ def test_fingerprint_sees_an_edit_and_a_removal(tmp_path: Path) -> None:
     removed = source_fingerprint(str(source), {})
     assert removed["entries"] == 1
     assert removed["fingerprint"] not in {before["fingerprint"], edited["fingerprint"]}
+
+
+def test_fingerprint_lists_what_ingest_lists(tmp_path: Path) -> None:
+    """Every entry ingest copies, flags or ignores counts; an ignored file's content does not."""
+    source, _ = _cluttered_source(tmp_path)
+    ingest(str(source), {}, tmp_path / "raw")
+    listed = len(read_manifest(tmp_path / "raw")) + len(read_ignored(tmp_path / "raw"))
+    before = source_fingerprint(str(source), {})
+    assert before["entries"] == listed == len(entries_under(source))
+
+    (source / "dog" / ".DS_Store").write_bytes(b"new clutter")  # ignored.csv gains a row
+    added = source_fingerprint(str(source), {})
+    assert added["entries"] == listed + 1
+    assert added["fingerprint"] != before["fingerprint"]
+
+    (source / "dog" / ".DS_Store").write_bytes(b"rewritten by Finder, a new size")
+    assert source_fingerprint(str(source), {}) == added  # nothing ingest writes changed
 
 
 def test_fingerprint_of_a_manifest_covers_exactly_its_rows(tmp_path: Path) -> None:

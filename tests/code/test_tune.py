@@ -1,7 +1,7 @@
 """Hyperparameter search: the space and its checks, the searcher, and the disabled mode.
 
-Searches on Ray (crash retry, CV trials, resume, an existing cluster) are in
-tests/system/test_tune_pipeline.py.
+Searches on Ray (a killed trial retried, trials that fail for good, CV trials, resume, an existing
+cluster) are in tests/system/test_tune_pipeline.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import yaml
 
 from tasks.core.config import Params, load_params
 from tasks.core.errors import ConfigError
+from tasks.core.layout import Layout
+from tasks.tune import summary_line
+from tasks.tuning.attempts import attempts_made, count_attempt
 from tasks.tuning.searcher import DistinctSuggestions, make_searcher
 from tasks.tuning.space import search_space, trial_params
 from tests.conftest import REPO_ROOT, run, write_params
@@ -116,3 +119,30 @@ def test_disabled_search_writes_the_params_values(repo: Path) -> None:
         "train.weight_decay": params.train.weight_decay,
         "model.dropout": params.model.dropout,
     }
+
+
+def test_a_trial_counts_its_starts_in_its_folder(tmp_path: Path) -> None:
+    assert attempts_made(tmp_path) == 0
+    assert [count_attempt(tmp_path) for _ in range(3)] == [1, 2, 3]
+    assert attempts_made(tmp_path) == 3
+
+
+def test_the_last_line_counts_the_trials_that_failed_after_their_retries(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    summary = {
+        "enabled": True,
+        "trials": 8,
+        "errored_trials": 1,
+        "epochs_run": 30,
+        "best_params": {"train.lr": 0.001},
+        "best_val_acc": 0.98,
+    }
+    line = summary_line(summary, _params({"tune": {"max_failures": 2}}).tune, layout)
+    assert line == (
+        "tune: 8 trials (1 failed after 2 retries: see reports/tune/trials.csv), 30 epochs in "
+        "all; best val_acc 0.9800 with {'train.lr': 0.001} -> models/tune/best_params.yaml"
+    )
+    once = summary_line(summary, _params({"tune": {"max_failures": 1}}).tune, layout)
+    assert "(1 failed after 1 retry: see " in once
+    clean = summary_line({**summary, "errored_trials": 0}, _params({}).tune, layout)
+    assert clean.startswith("tune: 8 trials, 30 epochs in all; ")

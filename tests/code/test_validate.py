@@ -20,16 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from PIL.PngImagePlugin import PngInfo
 
 from tasks.core.config import DataConfig, Params, with_overrides
 from tasks.core.layout import Layout
-from tasks.data.images import load_converted
+from tasks.data import images
+from tasks.data.images import UndecodableImage, load_converted, probe, to_array
+from tasks.data.sources import IGNORED_REASONS
 from tasks.ingest import ingest
-from tasks.validate import REASONS, validate, write_outputs
+from tasks.validate import IGNORED_EXAMPLES, REASONS, validate, write_outputs
 from tests.conftest import REPO_ROOT, run, write_params
-from tests.images import noise, png_bytes, write
+from tests.images import entries_under, noise, plant_not_data, png_bytes, write
 
 GOOD_LABELS = ["cat", "dog"]
 TOKEN = "OUTSIDE-THE-ROOT-" + uuid.uuid4().hex
@@ -218,6 +220,158 @@ def test_every_bad_file_gets_exactly_its_reason(tmp_path: Path, layout: str, cha
     for copied in work.rglob("*"):
         if copied.is_file():
             assert TOKEN.encode() not in copied.read_bytes(), copied
+
+
+# ------------------------------------------------------- ignored: every entry accounted for
+
+
+def test_every_entry_under_a_folder_source_is_accounted_for(tmp_path: Path) -> None:
+    """accepted + quarantined + ignored == every entry on disk, ignored counted per reason."""
+    root, outside = tmp_path / "src", tmp_path / "outside"
+    for index in range(6):
+        write(root / GOOD_LABELS[index % 2] / f"good_{index}.png", png_bytes(noise(index)))
+    write(root / "cat" / "broken.png", b"not an image")  # quarantined: undecodable
+    write(outside / "secret.png", secret_png())
+    (root / "dog" / "elsewhere").symlink_to(outside, target_is_directory=True)  # unsafe_path
+    want_ignored = plant_not_data(root, outside)
+    for index in range(30):  # more than the report shows
+        write(root / ".git" / "objects" / f"{index:02d}" / "object", b"x")
+        want_ignored[f".git/objects/{index:02d}/object"] = "hidden"
+
+    layout = Layout(tmp_path / "work")
+    manifest = ingest(str(root), {}, layout.raw_dir)
+    table = validate(manifest, data_config(min_size=8, classes=GOOD_LABELS), layout.raw_files)
+    report = write_outputs(table, layout)
+
+    on_disk = entries_under(root)
+    ignored = report.get("ignored", {})
+    counted = report["accepted"] + report["quarantined"] + ignored.get("count", 0)
+    assert counted == len(on_disk), f"{len(on_disk) - counted} of {len(on_disk)} entries lost"
+    assert report["accepted"] == 6
+    assert report["reasons"]["undecodable"] == report["reasons"]["unsafe_path"] == 1
+    assert ignored["count"] == len(want_ignored)
+    want_counts = Counter(want_ignored.values())
+    assert ignored["reasons"] == {reason: want_counts[reason] for reason in IGNORED_REASONS}
+    examples = ignored["examples"]
+    assert len(examples) == IGNORED_EXAMPLES == 20
+    assert {example["reason"] for example in examples} == set(want_counts), "every reason shown"
+    for example in examples:
+        assert want_ignored[example["path"]] == example["reason"] and example["detail"]
+    # the hidden checkpoint is a valid image, but it was never ingested, so never accepted
+    assert not any(".ipynb_checkpoints" in path for path in table["path"])
+
+
+# --------------------------------------------------------------- only bad bytes are undecodable
+
+
+def _small_folder(tmp_path: Path) -> tuple[Layout, pd.DataFrame]:
+    root = tmp_path / "src"
+    for index in range(4):
+        write(root / GOOD_LABELS[index % 2] / f"good_{index}.png", png_bytes(noise(index)))
+    layout = Layout(tmp_path / "work")
+    return layout, ingest(str(root), {}, layout.raw_dir)
+
+
+def test_a_bug_in_the_conversion_stops_validate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in sixfold's own code is not the file's fault: no image is quarantined for it."""
+    layout, manifest = _small_folder(tmp_path)
+
+    def buggy_to_array(image: Image.Image, channels: int) -> np.ndarray:
+        raise KeyError("a bug in sixfold's conversion")
+
+    monkeypatch.setattr(images, "to_array", buggy_to_array)
+    with pytest.raises(KeyError, match="a bug in sixfold"):
+        load_converted(layout.raw_files / "cat/good_0.png", 3)
+    with pytest.raises(KeyError, match="a bug in sixfold"):
+        validate(manifest, data_config(min_size=8), layout.raw_files)
+
+
+@pytest.mark.parametrize("where", ["open", "load"])
+def test_a_memory_error_stops_validate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Running out of memory says nothing about the file: it stops the stage."""
+    layout, manifest = _small_folder(tmp_path)
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    if where == "open":
+        monkeypatch.setattr(Image, "open", out_of_memory)
+        with pytest.raises(MemoryError):
+            probe(layout.raw_files / "cat/good_0.png")
+    else:
+        monkeypatch.setattr(ImageFile.ImageFile, "load", out_of_memory)
+        with pytest.raises(MemoryError):
+            load_converted(layout.raw_files / "cat/good_0.png", 3)
+    with pytest.raises(MemoryError):
+        validate(manifest, data_config(min_size=8), layout.raw_files)
+
+
+def test_a_raw_file_gone_missing_stops_validate(tmp_path: Path) -> None:
+    """A file ingest copied and that is gone is a broken data/raw, not an undecodable image."""
+    layout, manifest = _small_folder(tmp_path)
+    (layout.raw_files / "cat" / "good_0.png").unlink()
+    with pytest.raises(FileNotFoundError):
+        validate(manifest, data_config(min_size=8), layout.raw_files)
+
+
+def corrupt_images() -> dict[str, bytes]:
+    """Truncated files of several formats (what Pillow 13 reports as OSError, ValueError, ...)."""
+    picture = Image.fromarray(noise(77, (40, 48, 3)))
+    corrupt: dict[str, bytes] = {"empty.png": b"", "text.png": b"not an image\n" * 8}
+    for name, save in {
+        "png": {"format": "PNG"},
+        "jpg": {"format": "JPEG"},
+        "gif": {"format": "GIF"},
+        "bmp": {"format": "BMP"},
+        "tif": {"format": "TIFF"},
+        "lzw.tif": {"format": "TIFF", "compression": "tiff_lzw"},
+        "webp": {"format": "WEBP"},
+        "ppm": {"format": "PPM"},
+    }.items():
+        buffer = io.BytesIO()
+        picture.save(buffer, **save)
+        data = buffer.getvalue()
+        corrupt[f"half.{name}"] = data[: len(data) // 2]
+        corrupt[f"header.{name}"] = data[:20]
+        corrupt[f"tail_cut.{name}"] = data[: -len(data) // 10]
+    return corrupt
+
+
+def test_corrupt_files_of_several_formats_are_still_undecodable(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for index in range(4):
+        write(root / GOOD_LABELS[index % 2] / f"good_{index}.png", png_bytes(noise(index)))
+    corrupt = corrupt_images()
+    for name, data in corrupt.items():
+        write(root / "cat" / name, data)
+    layout = Layout(tmp_path / "work")
+    manifest = ingest(str(root), {}, layout.raw_dir)
+    table = validate(manifest, data_config(min_size=8), layout.raw_files)
+
+    reasons = dict(zip(table["path"], table["reason"], strict=True))
+    assert {path: reasons[f"cat/{path}"] for path in corrupt} == dict.fromkeys(
+        corrupt, "undecodable"
+    )
+    assert all(reasons[f"{GOOD_LABELS[i % 2]}/good_{i}.png"] == "" for i in range(4))
+    details = table.loc[table["reason"] == "undecodable", "detail"]
+    assert details.str.match(r"^\w+(Error|Exception)?: ").all(), details.tolist()
+    assert not details.str.contains(str(tmp_path)).any(), "a detail must not name a machine path"
+
+
+def test_every_mode_a_decoder_gives_converts_or_is_undecodable(tmp_path: Path) -> None:
+    """LAB (CIELab TIFF) converts to 1 and 3 channels; a mode to_array cannot convert is a bad
+    image, not a crash."""
+    Image.new("LAB", (16, 16), (50, 10, 200)).save(tmp_path / "lab.tif")
+    with Image.open(tmp_path / "lab.tif") as image:
+        assert image.mode == "LAB"
+    for channels in (1, 3):
+        assert load_converted(tmp_path / "lab.tif", channels).shape == (16, 16, channels)
+    with pytest.raises(UndecodableImage, match="mode La is not supported"):
+        to_array(Image.new("La", (4, 4)), 3)
 
 
 # --------------------------------------------------------------------------- never opened

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -59,13 +60,23 @@ def _train_child(parent: int) -> int | None:
 def _checkpoint_epoch(path: Path) -> int:
     """The epoch saved in a Lightning checkpoint; -1 while it is still being written."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except Exception:  # a half-written file while the trainer saves it
         return -1
 
 
+def epochs_in(output: str, max_epochs: int, finished: bool = False) -> list[int]:
+    """The train epochs (1-based) whose progress bar a stage's output shows: started, or with
+    `finished` those that ended (their bar shows the epoch's val_acc). `/max_epochs` tells them
+    from the tuning trials' bars."""
+    pattern = rf"epoch (\d+)/{max_epochs}:[^\r\n]*" + ("val_acc=" if finished else "")
+    return sorted({int(number) for number in re.findall(pattern, output)})
+
+
 @pytest.mark.slow
-def test_kill_9_mid_training_then_repro_resumes(repo: Path, tmp_path: Path) -> None:
+def test_kill_9_mid_training_then_repro_trains_only_the_remaining_epochs(
+    repo: Path, tmp_path: Path
+) -> None:
     # enough epochs that the kill lands mid-training even on a fast machine (~0.5 s an epoch here)
     epochs = 30
     settings = {"train": {"max_epochs": epochs, "patience": 1000}, "augment": {"copies": 1}}
@@ -87,20 +98,31 @@ def test_kill_9_mid_training_then_repro_resumes(repo: Path, tmp_path: Path) -> N
         time.sleep(0.5)
     first.wait(timeout=120)
     log.close()
-    assert killed, (tmp_path / "first.log").read_text()[-3000:]
+    first_output = (tmp_path / "first.log").read_text()
+    assert killed, first_output[-3000:]
     assert first.returncode != 0
     progress = json.loads((state.parent / "state.json").read_text())
     assert not progress["complete"], "the kill must land before training finished"
+    # epochs completed before the kill, as the checkpoint holds them: at most the epoch in
+    # flight at the kill is lost (last.ckpt is written after every epoch)
+    saved = _checkpoint_epoch(state) + 1
+    finished_first = epochs_in(first_output, epochs, finished=True)
+    assert saved in (len(finished_first), len(finished_first) - 1), (saved, finished_first)
+    assert saved < epochs
 
     resumed = run(["dvc", "repro"], repo)
     output = resumed.stdout + resumed.stderr
     assert "train: resuming from models/checkpoints/last.ckpt" in output
+    # the second run trained exactly the epochs the first did not save, and no other
+    assert epochs_in(output, epochs) == list(range(saved + 1, epochs + 1)), output[-3000:]
+    assert epochs_in(output, epochs, finished=True) == list(range(saved + 1, epochs + 1))
     resumed_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
     report = json.loads((repo / "reports" / "train.json").read_text())
     assert report["resumed"] is True and report["epochs_run"] == epochs
 
     # an uninterrupted run of the same pipeline, for comparison
-    run(["dvc", "repro", "--force", "--single-item", "train"], repo)
+    clean = run(["dvc", "repro", "--force", "--single-item", "train"], repo)
+    assert epochs_in(clean.stdout + clean.stderr, epochs) == list(range(1, epochs + 1))
     clean_report = json.loads((repo / "reports" / "train.json").read_text())
     assert clean_report["resumed"] is False
     run(["dvc", "repro"], repo)

@@ -1,4 +1,6 @@
-"""End to end: the validate stage judges a decompression bomb from its header, in bounded memory.
+"""End to end: the validate stage judges a decompression bomb from its header, in bounded memory;
+accounts for every entry of a folder source (accepted, quarantined or ignored); and stops with a
+traceback, quarantining nothing, when the fault is sixfold's rather than a file's.
 
 Runs `python -m tasks.ingest` and `python -m tasks.validate` in a temporary repository copy.
 """
@@ -16,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run, write_params
-from tests.images import noise, png_bytes, write
+from tests.images import entries_under, noise, plant_not_data, png_bytes, write
 
 
 def huge_gray_png(path: Path, side: int = 20_000) -> None:
@@ -74,3 +76,62 @@ def test_a_decompression_bomb_is_judged_from_its_header(
     assert reasons == {"cat/bomb.png": "too_large"}
     report = json.loads((repo / "reports" / "data" / "validation.json").read_text())
     assert report["accepted"] == 6 and report["reasons"]["too_large"] == 1
+
+
+@pytest.mark.slow
+def test_the_stages_account_for_every_entry_of_a_folder(repo: Path, tmp_path: Path) -> None:
+    source, outside = tmp_path / "cluttered", tmp_path / "outside"
+    for index in range(6):
+        write(source / ("cat", "dog")[index % 2] / f"good_{index}.png", png_bytes(noise(index)))
+    write(outside / "x.png", png_bytes(noise(99)))
+    (source / "dog" / "escape").symlink_to(outside, target_is_directory=True)  # unsafe_path
+    ignored = plant_not_data(source, outside)
+    write_params(repo, {"data": {"source": str(source), "max_quarantined_fraction": 0.5}})
+
+    ingested = run(["python", "-m", "tasks.ingest"], repo)
+    validated = run(["python", "-m", "tasks.validate"], repo)
+
+    said = "7 ignored (hidden=6, symlinked_folder=1)"
+    assert said in ingested.stdout and said in validated.stdout, validated.stdout
+    assert len(ignored) == 7
+    listed = pd.read_csv(repo / "data" / "raw" / "ignored.csv", dtype=str, keep_default_na=False)
+    assert dict(zip(listed["path"], listed["reason"], strict=True)) == ignored
+    report = json.loads((repo / "reports" / "data" / "validation.json").read_text())
+    assert (report["accepted"], report["quarantined"]) == (6, 1)
+    total = report["accepted"] + report["quarantined"] + report["ignored"]["count"]
+    assert total == len(entries_under(source))
+
+
+BUGGY_VALIDATE = textwrap.dedent(
+    """
+    from tasks.core.runner import stage_main
+    from tasks.data import images
+    from tasks.validate import main
+
+    def buggy_to_array(image, channels):
+        raise KeyError("a bug in sixfold's conversion")
+
+    images.to_array = buggy_to_array
+    stage_main(main)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_bug_in_the_conversion_stops_the_stage_with_a_traceback(
+    repo: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "fine"
+    for index in range(6):
+        write(source / ("cat", "dog")[index % 2] / f"good_{index}.png", png_bytes(noise(index)))
+    write_params(repo, {"data": {"source": str(source)}})
+    run(["python", "-m", "tasks.ingest"], repo)
+
+    result = run(["python", "-c", BUGGY_VALIDATE], repo, check=False)
+
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "KeyError" in result.stderr, result.stderr[-3000:]
+    assert "a bug in sixfold's conversion" in result.stderr
+    # nothing was quarantined or reported for it
+    assert not (repo / "data" / "quarantine").exists()
+    assert not (repo / "reports" / "data" / "validation.json").exists()
