@@ -2,14 +2,14 @@
 
 Run with ``python -m benchmarks.train_overhead`` (after ``make run``: it reads data/packed and
 data/augmented). Same network, data, batch size, epochs, online augmentation, optimizer,
-schedule, gradient clipping, train accuracy and a validation pass every epoch, deterministic
-algorithms in both; Lightning also writes its per-epoch checkpoint, dvclive curves and progress
-bar, as in the real stage. Early stopping is off so both run the same epochs. Each side is timed
-from the construction of its objects (module, checkpoint, logger and Trainer; network, batches,
-optimizer and schedule) to the end of its last epoch. Writes reports/bench/train_overhead.json
-with `lightning_s`, `plain_s` and `ratio` (target <= 1.10).
-After one warm-up fit of each, the sides run ROUNDS times, alternating; the fastest run of each
-counts.
+schedule, gradient clipping, a validation pass and a train-accuracy pass (eval mode, un-augmented
+images) every epoch, deterministic algorithms in both; Lightning also writes its best and last
+checkpoints, dvclive curves and progress bar, as in the train stage's final fit. Early stopping
+is off so both run the same epochs. Each side is timed from the construction of its objects
+(module, checkpoints, logger and Trainer; network, batches, optimizer and schedule) to the end
+of its last epoch. Writes reports/bench/train_overhead.json with `lightning_s`, `plain_s` and
+`ratio` (target <= 1.10). After one warm-up fit of each, the sides run ROUNDS times,
+alternating; the fastest run of each counts.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from tasks.modeling.fit import (
     build_trainer,
     make_module,
     make_network,
+    packed_originals,
     preprocessing_for,
     quiet_fit,
     steps_per_epoch,
+    train_reference,
 )
 from tasks.modeling.module import lr_schedule
 
@@ -59,14 +61,16 @@ def lightning_run(params: Params, arrays: Arrays, meta: PackedMeta) -> float:
         # timed from here: building the module, checkpoint, logger and Trainer is this side's
         # real cost (the plain side's clock likewise starts before its network and optimizer)
         start = time.perf_counter()
-        module = make_module(params, meta)
+        # as the train stage's final fit: train accuracy on un-augmented images after each
+        # epoch, the best checkpoint when val accuracy improves and the last one every epoch
+        reference = train_reference(arrays, packed_originals(arrays, meta), params.seed)
+        module = make_module(params, meta, reference)
         steps = steps_per_epoch(arrays, params.train.batch_size)
-        checkpoint = ModelCheckpoint(
-            dirpath=scratch, filename="best", monitor="val_acc", mode="max", save_last=True
-        )
+        best = ModelCheckpoint(dirpath=scratch, filename="best", monitor="val_acc", mode="max")
+        last = ModelCheckpoint(dirpath=scratch, filename="last", enable_version_counter=False)
         logger = DVCLiveLogger(dir=f"{scratch}/dvclive", save_dvc_exp=False, dvcyaml=False)
         trainer = build_trainer(
-            params, [History(), checkpoint], logger=logger, steps_per_epoch=steps
+            params, [History(), best, last], logger=logger, steps_per_epoch=steps
         )
         data = PackedDataModule(arrays, params.train.batch_size, params.seed)
         quiet_fit(trainer, module, data)
@@ -87,6 +91,14 @@ def plain_run(params: Params, arrays: Arrays, meta: PackedMeta, epochs: int = EP
     }
     train_batches = PackedBatches(*tensors["train"], train.batch_size, True, params.seed)
     val_batches = PackedBatches(*tensors["val"], train.batch_size, False, params.seed)
+    reference_x, reference_y = train_reference(arrays, packed_originals(arrays, meta), params.seed)
+    reference_batches = PackedBatches(
+        torch.from_numpy(reference_x),
+        torch.from_numpy(reference_y).long(),
+        train.batch_size,
+        False,
+        params.seed,
+    )
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=train.lr, weight_decay=train.weight_decay
     )
@@ -110,9 +122,10 @@ def plain_run(params: Params, arrays: Arrays, meta: PackedMeta, epochs: int = EP
         network.eval()
         correct = 0
         with torch.no_grad():
-            for images, labels in val_batches:
-                logits = network(preprocessing.normalize(preprocessing.scale(images)))
-                correct += int((logits.argmax(1) == labels).sum())
+            for batches in (val_batches, reference_batches):  # val, then train accuracy
+                for images, labels in batches:
+                    logits = network(preprocessing.normalize(preprocessing.scale(images)))
+                    correct += int((logits.argmax(1) == labels).sum())
     return time.perf_counter() - start
 
 

@@ -38,6 +38,9 @@ def test_an_impossible_target_fails_any_measurement(bench_dir: Path) -> None:
     for op in (">=", "<=", ">", "<"):
         with pytest.raises(SystemExit):
             finish("any", {}, [Check("x", 1.0, op, 1.0)], argv=["--impossible-target"])
+    # the self-test's verdict lands beside, not over, a real result
+    assert not (bench_dir / "any.json").exists()
+    assert (bench_dir / "any.impossible-target.json").exists()
 
 
 def test_the_summary_table_fails_when_one_benchmark_missed(

@@ -170,3 +170,16 @@ def test_the_closure_follows_lazy_imports(tmp_path, monkeypatch) -> None:
         {"a": "def f():\n    from tasks.b import x\n", "b": "import tasks.c\n", "c": ""},
     )
     assert imports.closure("tasks.a") == {"tasks.a", "tasks.b", "tasks.c"}
+
+
+def test_nothing_is_unpickled_from_checkpoints() -> None:
+    # house rule: weights are safetensors or torch.load(weights_only=True), never a full unpickle
+    for module in project_modules():
+        tree = ast.parse(module_file(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load":
+                for keyword in node.keywords:
+                    if keyword.arg == "weights_only":
+                        assert not (
+                            isinstance(keyword.value, ast.Constant) and keyword.value.value is False
+                        ), f"{module}: torch.load(weights_only=False)"
