@@ -36,14 +36,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tasks.core.config import Params, load_params_or_exit
-from tasks.core.fingerprint import ResumeState, files_in, fingerprint
+from tasks.core.fingerprint import ResumeState, training_fingerprint
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
 from tasks.core.overrides import apply_tuned
 from tasks.core.plotting import pyplot, save_figure
 from tasks.core.runner import stage_main
 from tasks.data.packed import PackedMeta, load_arrays
-from tasks.modeling.artifact import ModelCard, params_fingerprint, save_model
+from tasks.modeling.artifact import ModelCard, save_model
 from tasks.modeling.batches import PackedDataModule
 from tasks.modeling.callbacks import History
 from tasks.modeling.fit import (
@@ -124,7 +124,7 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
 
     L.seed_everything(params.seed, workers=True, verbose=False)
     checkpoint_dir = layout.checkpoint_dir
-    key = fingerprint(params_fingerprint(params), files_in(layout.packed_dir, layout.augmented_dir))
+    key = training_fingerprint(params, layout)
     resume_from = resume_point(key, checkpoint_dir)
     if resume_from is not None and is_rank_zero():
         print(

@@ -30,7 +30,7 @@ import pandas as pd
 
 from tasks.core.config import Params, TuneSettings, load_params_or_exit
 from tasks.core.errors import UserError
-from tasks.core.fingerprint import ResumeState, files_in, fingerprint
+from tasks.core.fingerprint import ResumeState, training_fingerprint
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
 from tasks.core.overrides import write_best_params
@@ -86,9 +86,7 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     storage = layout.search_dir
     experiment = storage / EXPERIMENT
     state = ResumeState(storage / "state.json")
-    key = fingerprint(
-        params.model_dump(mode="json"), files_in(layout.packed_dir, layout.augmented_dir)
-    )
+    key = training_fingerprint(params, layout)
     resume = state.matches_unfinished(key) and tune.Tuner.can_restore(str(experiment))
     if not resume:
         shutil.rmtree(storage, ignore_errors=True)

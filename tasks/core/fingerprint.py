@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config import Params
 from tasks.core.io import read_json, write_json
+from tasks.core.layout import Layout
 
 LENGTH = 24  # hex digits kept: 96 bits, no accidental collision among a project's runs
 _CHUNK = 1 << 22
@@ -42,6 +44,19 @@ def files_in(*folders: Path) -> list[Path]:
         for path in sorted(folder.iterdir())
         if path.is_file()
     ]
+
+
+def params_fingerprint(params: Params) -> str:
+    """The fingerprint of a full set of params (the model card records it)."""
+    return fingerprint(params.model_dump(mode="json"))
+
+
+def training_fingerprint(params: Params, layout: Layout) -> str:
+    """What an interrupted training or search must match to resume: the params and the exact
+    training data (packed and augmented arrays)."""
+    return fingerprint(
+        params.model_dump(mode="json"), files_in(layout.packed_dir, layout.augmented_dir)
+    )
 
 
 @dataclass(frozen=True)

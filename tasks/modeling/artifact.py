@@ -19,7 +19,7 @@ from torch import nn
 from tasks.core.config import Params
 from tasks.core.contracts import VersionedFile
 from tasks.core.errors import require
-from tasks.core.fingerprint import fingerprint
+from tasks.core.fingerprint import params_fingerprint
 from tasks.data.packed import PackedMeta
 from tasks.modeling.networks import build_network
 from tasks.modeling.preprocessing import Preprocessing
@@ -70,10 +70,6 @@ class ModelCard(VersionedFile):
         return build_network(
             self.arch, self.channels, len(self.classes), self.width, self.dropout, self.image_size
         )
-
-
-def params_fingerprint(params: Params) -> str:
-    return fingerprint(params.model_dump(mode="json"))
 
 
 def save_model(network: nn.Module, card: ModelCard, directory: Path) -> None:
