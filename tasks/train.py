@@ -45,7 +45,7 @@ from tasks.core.runner import stage_main
 from tasks.data.packed import PackedMeta, load_arrays
 from tasks.modeling.artifact import ModelCard, save_model
 from tasks.modeling.batches import PackedDataModule
-from tasks.modeling.callbacks import History
+from tasks.modeling.callbacks import GlobalRandomState, History
 from tasks.modeling.fit import (
     build_trainer,
     cross_validate,
@@ -149,7 +149,7 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
         dvcyaml=False,
         resume=resume_from is not None,
     )
-    callbacks = [history, best, last, *regularization_callbacks(params)]
+    callbacks = [history, best, last, GlobalRandomState(), *regularization_callbacks(params)]
     steps = steps_per_epoch(arrays, params.train.batch_size)
     trainer = build_trainer(params, callbacks, logger=logger, steps_per_epoch=steps)
     data = PackedDataModule(arrays, params.train.batch_size, params.seed)

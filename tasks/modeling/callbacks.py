@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from tqdm import tqdm
 
 from tasks.modeling.networks import set_backbone_trainable
@@ -96,3 +97,19 @@ class FreezeBackbone(L.Callback):
         self._apply(trainer, module)
         if trainer.current_epoch == self.until and trainer.is_global_zero:
             print(f"train: epoch {self.until}: backbone unfrozen, fine-tuning every layer")
+
+
+class GlobalRandomState(L.Callback):
+    """Saves torch's global random state in every checkpoint and restores it on resume.
+
+    Dropout draws from it (augmentation and shuffling have their own seeded generators), so a
+    run resumed from a checkpoint continues the very random stream an uninterrupted run would
+    have: on the CPU the resumed and the uninterrupted run give the same model.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"torch_cpu": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch_cpu" in state_dict:
+            torch.set_rng_state(state_dict["torch_cpu"])
