@@ -5,6 +5,7 @@ Stages run as `python -m tasks.<stage>` and `dvc repro` in a temporary repositor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -44,17 +46,18 @@ def test_ddp_on_two_cpu_processes_trains(repo: Path) -> None:
     assert metrics["test"]["accuracy"] > 0.6
 
 
-def _train_child(parent: int) -> int | None:
-    """PID of the `python -m tasks.train` process started (indirectly) by `parent`."""
-    import psutil
-
+def _train_processes(parent: int) -> list:
+    """The processes started (indirectly) by `parent` that run `tasks.train`: DVC starts the
+    stage through `$SHELL -c`, and a shell that does not exec its command stays in between, so
+    killing only the first match could kill the shell and leave training running as an orphan."""
+    found = []
     for child in psutil.Process(parent).children(recursive=True):
         try:
             if "tasks.train" in " ".join(child.cmdline()):
-                return child.pid
+                found.append(child)
         except psutil.NoSuchProcess:
             continue
-    return None
+    return found
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -88,16 +91,23 @@ def test_kill_9_mid_training_then_repro_trains_only_the_remaining_epochs(
     state = repo / "models" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     killed = False
+    victims: list = []
     while time.monotonic() < deadline and first.poll() is None:
         if state.exists() and _checkpoint_epoch(state) >= 2:
-            pid = _train_child(first.pid)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
+            victims = _train_processes(first.pid)
+            if victims:
+                # the python process first (deepest), then any shell around it
+                for victim in reversed(victims):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(victim.pid, signal.SIGKILL)
                 killed = True
                 break
         time.sleep(0.5)
     first.wait(timeout=120)
     log.close()
+    # nothing of the first run may still be training (and writing checkpoints) behind our back
+    _, alive = psutil.wait_procs(victims, timeout=30)
+    assert not alive, alive
     first_output = (tmp_path / "first.log").read_text()
     assert killed, first_output[-3000:]
     assert first.returncode != 0
