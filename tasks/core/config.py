@@ -47,6 +47,8 @@ class DataConfig(Section):
     test_fraction: float = Field(0.15, gt=0, lt=1)
     group_column: str | None = None
     near_duplicate_distance: int = Field(0, ge=0, le=64)
+    # every class needs at least this many images in validation and in test, or split stops
+    min_per_split: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -173,6 +175,7 @@ class TuneSettings(Section):
     gpus_per_trial: float = Field(0.0, ge=0)
     address: str | None = None
     max_failures: int = Field(2, ge=0)
+    verbose: bool = False  # true: Ray's own progress tables and logs as well as sixfold's lines
     # section -> key -> dimension, e.g. space: {train: {lr: {type: loguniform, low: .., high: ..}}}
     space: dict[Literal["train", "model", "augment"], dict[str, SearchDimension]] = Field(
         default_factory=dict
