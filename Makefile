@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test test-fast lint format bench bench-selftest flow clean lock
+.PHONY: help setup run test test-fast lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,11 +33,8 @@ setup: ## create .venv from requirements.lock (skipped when the lock is unchange
 		echo "$$want" > $(STAMP) && echo "setup: done"; \
 	fi
 
-run: setup ## set up, then run the whole pipeline (dvc repro) on params.yaml's data
-	@$(PYTHON) -m tasks.core.config
-	@$(PYTHON) -m tasks.source
-	@dvc repro
-	@$(PYTHON) -m tasks.evaluate --show
+run: setup ## set up, then run the pipeline (dvc repro); ends with the accuracy line or the failing stage's exit code
+	@$(PYTHON) -m flows.repro
 
 test: setup ## set up, then run the full test suite (slow tests included, gpu tests skipped without a GPU)
 	@$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -68,6 +65,9 @@ bench-selftest: run ## check that a missed target fails: noop_repro with an impo
 
 flow: setup ## run the pipeline as a Prefect flow (temporary local Prefect server)
 	@$(PYTHON) -m flows.pipeline
+
+exps: ## compare commits and experiments: headline metrics and the params that differ (fits 120 columns)
+	@dvc exp show --no-pager --only-changed --drop '.*/|Created' --keep 'test\.accuracy$$'
 
 lock: ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	@rm -rf /tmp/sixfold-lock && python3 -m venv /tmp/sixfold-lock && \

@@ -4,7 +4,12 @@ Run on its own with ``python -m tasks.evaluate`` (after train).
 
 The baseline (logistic regression or an RBF SVC on raw pixels, `evaluate.baseline`) is trained on
 the same train split and scored on the same test split in the same run, so the comparison is
-fair. Writes `reports/metrics.json` (DVC metrics) and `reports/plots/confusion.csv` (DVC plot).
+fair. Writes `reports/metrics.json`, the run's headline figures and the only file declared as DVC
+metrics (so `dvc exp show` and `dvc metrics diff` compare a few columns): test accuracy, the
+baseline, the exported epoch's validation accuracy and train/validation gap (from
+`reports/train.json`) and the search's best validation accuracy (from `reports/tune/summary.json`).
+Details go to `reports/evaluation.json` (test size, per-class accuracy) and
+`reports/plots/confusion.csv` (DVC plot).
 """
 
 from __future__ import annotations
@@ -55,15 +60,35 @@ def evaluate(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     ).to_csv(layout.confusion_file, index=False, lineterminator="\n")
     per_class = {classes[c]: float((predicted[test_y == c] == c).mean()) for c in np.unique(test_y)}
     train = load_split("train", layout.packed_dir)
-    metrics = {
-        "test": {"accuracy": accuracy, "n": len(test_y), "per_class_accuracy": per_class},
+    metrics: dict[str, Any] = {
+        "test": {"accuracy": accuracy},
         "baseline": {
             "name": params.evaluate.baseline,
             "accuracy": baseline_accuracy(params.evaluate, params.seed, train, (test_x, test_y)),
         },
+        **headline_from_reports(layout),
     }
     write_json(layout.metrics_file, metrics)
+    write_json(
+        layout.evaluation_report, {"test": {"n": len(test_y), "per_class_accuracy": per_class}}
+    )
     return metrics
+
+
+def headline_from_reports(layout: Layout) -> dict[str, Any]:
+    """The training and search figures people compare between experiments, from their reports."""
+    headline: dict[str, Any] = {}
+    if layout.train_report.exists():
+        train = read_json(layout.train_report)
+        headline["val"] = {"accuracy": train.get("val_acc"), "gap": train.get("train_val_gap")}
+    if layout.tune_summary.exists():
+        tune = read_json(layout.tune_summary)
+        if tune.get("enabled"):
+            headline["tune"] = {
+                "best_val_acc": tune.get("best_val_acc"),
+                "trials": tune.get("trials"),
+            }
+    return headline
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
@@ -83,4 +108,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage_main(main)
+    stage_main(
+        main, options={"--show": "print the last result (reports/metrics.json); compute nothing"}
+    )

@@ -125,13 +125,15 @@ def main() -> None:
         out_dir=layout.raw_dir,
         group_column=params.data.group_column,
     )
-    flagged = int((manifest["status"] != "ok").sum())
+    statuses = manifest.loc[manifest["status"] != "ok", "status"].value_counts().sort_index()
+    flagged = int(statuses.sum())
+    why = ": " + ", ".join(f"{status}={n}" for status, n in statuses.items()) if flagged else ""
     ignored = pd.read_csv(layout.raw_dir / IGNORED_FILE, dtype=str, keep_default_na=False)
     not_data = f", {describe_ignored(count_ignored(ignored['reason']))}" if len(ignored) else ""
     print(
         f"ingest: {len(manifest)} files from {params.data.source} -> "
         f"{layout.relative(layout.raw_manifest)} "
-        f"({len(manifest) - flagged} copied, {flagged} flagged for quarantine{not_data})"
+        f"({len(manifest) - flagged} copied, {flagged} flagged for quarantine{why}{not_data})"
     )
 
 

@@ -130,4 +130,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage_main(main)
+    stage_main(
+        main,
+        reads=[
+            "params.yaml: data.source, data.storage_options",
+            "the listing of the source (names, sizes, times or ETags)",
+        ],
+        writes=["data/source.json (only when the listing changed)"],
+    )

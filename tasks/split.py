@@ -4,6 +4,9 @@ Run on its own with ``python -m tasks.split`` (after validate).
 
 - Stratified by label and seeded; with `data.group_column` every image of a group (a patient, a
   session, a source video) lands in one split.
+- Every class must get a train image and `data.min_per_split` images in val and in test (and,
+  with `train.cv_folds` > 1, enough train+val images or groups for every fold); otherwise the
+  stage stops with one line naming the classes and what to do, before writing anything.
 - Leakage check: images in different splits whose perceptual hashes are within
   `data.near_duplicate_distance` bits are counted and listed in `reports/data/split.json`.
 - Packing: every accepted image is decoded once, converted to `data.channels`, resized to
@@ -42,13 +45,20 @@ def split_and_pack(
         manifest.get("group", pd.Series([""] * len(manifest))).fillna("").astype(str)
     )
     manifest["split"] = assign_splits(manifest, data, seed)
+    classes = sorted(manifest["label"].unique(), key=natural_key)
+    class_index = {label: index for index, label in enumerate(classes)}
+    fold_of = None
+    if params.train.cv_folds > 1:  # folds over train+val (in that order); test stays held out
+        pool = pd.concat([manifest[manifest["split"] == name] for name in ("train", "val")])
+        pool_labels = pool["label"].map(class_index).to_numpy(dtype=np.int64)
+        pool_groups = pool["group"].to_numpy() if data.group_column else None
+        # before anything is written: a fold without a class stops the stage here
+        fold_of = assign_folds(pool_labels, pool_groups, params.train.cv_folds, seed, classes)
     layout.split_file.parent.mkdir(parents=True, exist_ok=True)
     manifest[["path", "label", "group", "split"]].to_csv(
         layout.split_file, index=False, lineterminator="\n"
     )
 
-    classes = sorted(manifest["label"].unique(), key=natural_key)
-    class_index = {label: index for index, label in enumerate(classes)}
     packed_dir = layout.packed_dir
     packed_dir.mkdir(parents=True, exist_ok=True)
     arrays, targets_of, rows_of = {}, {}, {}
@@ -62,14 +72,8 @@ def split_and_pack(
 
     folds_file = layout.folds_file
     folds_file.unlink(missing_ok=True)
-    if params.train.cv_folds > 1:  # folds over train+val (in that order); test stays held out
-        pool_labels = np.concatenate([targets_of["train"], targets_of["val"]])
-        pool_groups = (
-            np.concatenate([rows_of["train"]["group"], rows_of["val"]["group"]])
-            if data.group_column
-            else None
-        )
-        np.save(folds_file, assign_folds(pool_labels, pool_groups, params.train.cv_folds, seed))
+    if fold_of is not None:
+        np.save(folds_file, fold_of)
 
     every_image = np.concatenate([arrays[name] for name in SPLITS])
     every_split = np.concatenate([[name] * len(arrays[name]) for name in SPLITS])

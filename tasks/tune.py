@@ -102,7 +102,8 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         from tasks.modeling.fit import make_network
 
         make_network(Params.model_validate(base), meta)
-    start_ray(settings.address, root)
+    start_ray(settings.address, root, verbose=settings.verbose)
+    from tasks.tuning.progress import TrialLines
     from tasks.tuning.trainable import run_trial
 
     trainable = tune.with_resources(
@@ -140,7 +141,13 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
+                # Ray's trial tables only when asked: otherwise one line per trial
+                verbose=1 if settings.verbose else 0,
+                callbacks=[
+                    TrialLines(
+                        settings.num_samples, settings.max_epochs, settings.metric, list(dimensions)
+                    )
+                ],
             ),
         )
     results = tuner.fit()

@@ -2,7 +2,10 @@
 
 Run on its own with ``python -m tasks.validate`` (after ingest).
 
-Reasons: undecodable, too_small, too_large, unsafe_path, unknown_label, duplicate, label_conflict.
+Reasons: undecodable, missing, too_small, too_large, unsafe_path, unknown_label, duplicate,
+label_conflict. ``missing`` is a file the source lists (or a symlink to nothing) that does not
+exist: ingest never copied it, and a user looks for it in a different place than for a broken
+image, so it is counted apart.
 Sizes are judged from the image header before any pixel is decoded, so a decompression bomb
 costs a few kilobytes of memory. Pandera schemas check the manifest and the per-image
 statistics table lazily (every failure collected, not only the first).
@@ -42,6 +45,7 @@ from tasks.data.sources import IGNORED_FILE, IGNORED_REASONS, count_ignored, des
 
 REASONS = (
     "undecodable",
+    "missing",
     "too_small",
     "too_large",
     "unsafe_path",
@@ -140,7 +144,7 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.Da
     table = RAW_MANIFEST_SCHEMA.validate(manifest.fillna(""), lazy=True).reset_index(drop=True)
     table["reason"] = ""
     table.loc[table["status"] == "unsafe_path", "reason"] = "unsafe_path"
-    table.loc[table["status"] == "missing", "reason"] = "undecodable"
+    table.loc[table["status"] == "missing", "reason"] = "missing"
     for column, default in (("width", 0), ("height", 0), ("mode", ""), ("mean", 0.0), ("std", 0.0)):
         table[column] = default
     table["channels"] = data.channels
@@ -316,7 +320,10 @@ def plot_report(table: pd.DataFrame, report: dict[str, Any], layout: Layout) -> 
         axis.axis("off")
     for axis, (_index, row) in zip(axes.flat, quarantined.iterrows(), strict=False):
         shown = False
-        if row["reason"] not in {"too_large", "unsafe_path", "undecodable"} and row["sha256"]:
+        if (
+            row["reason"] not in {"too_large", "unsafe_path", "undecodable", "missing"}
+            and row["sha256"]
+        ):
             try:
                 axis.imshow(load_converted(files_dir / row["path"], 3))
                 shown = True

@@ -101,7 +101,8 @@ def run(
 
 def copy_of_repository(destination: Path, overrides: dict[str, Any]) -> Path:
     """A fresh copy of the repository's committed (and untracked, not ignored) files at
-    `destination`, with `overrides` applied to params.yaml, committed in a new git repository."""
+    `destination`, with `overrides` applied to params.yaml, committed in a new git repository.
+    The committed pipeline results under reports/ are left out, as dvc.lock is."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
@@ -110,6 +111,8 @@ def copy_of_repository(destination: Path, overrides: dict[str, Any]) -> Path:
         check=True,
     ).stdout.split("\0")
     for name in filter(None, files):
+        if name.startswith("reports/") and name != "reports/.gitkeep":
+            continue  # the committed results of the last run: a test sees only its own run's
         source = REPO_ROOT / name
         if source.is_file():
             target = destination / name

@@ -5,6 +5,7 @@ that names the key, the value and what is allowed, e.g.::
 
     params.yaml: train.lr must be > 0, got -1
 
+A key given twice in one mapping (YAML itself would keep the last silently) is refused too.
 Check the file on its own with ``python -m tasks.core.config [path]``.
 """
 
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.config_errors import DuplicateKey, describe, read_yaml
 from tasks.core.errors import ConfigError, shown
 from tasks.core.layout import Layout
+from tasks.core.runner import print_help, usage_error, wants_help
 from tasks.core.secrets import secret_looking_keys
 
 # PIL refuses to open an image over twice this many pixels (and warns above it): a larger
@@ -124,6 +127,15 @@ class TrainConfig(Section):
     num_nodes: int = Field(1, ge=1)
     precision: Literal["32-true", "32", "16-mixed", "bf16-mixed"] = "32-true"
     cv_folds: int = Field(1, ge=1, le=20)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _whole_number_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f'train.devices must be a whole number >= 1 or "auto", got {value!r}')
 
     @model_validator(mode="after")
     def _finetune_fits(self) -> TrainConfig:
@@ -253,7 +265,7 @@ class Params(Section):
                 try:
                     type(section).model_validate({**section.model_dump(), name: value})
                 except ValidationError as error:
-                    problem = _describe(error.errors()[0], type(section))
+                    problem = describe(error.errors()[0], type(section))
                     if error.errors()[0]["type"] != "value_error":  # those name their key
                         problem = f"{section_name}.{problem}"
                     raise ValueError(
@@ -261,44 +273,6 @@ class Params(Section):
                         f"({problem})"
                     ) from None
         return self
-
-
-_CONSTRAINT_WORDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-
-
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
-    """Turn one pydantic error into `key must be ..., got value`."""
-    location = [str(part) for part in error["loc"]]
-    key = ".".join(location) or "(top level)"
-    value = error.get("input")
-    context = error.get("ctx") or {}
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, location[:-1])
-        return f"unknown key {key} (allowed here: {', '.join(allowed)})"
-    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        bound_name = next(name for name in _CONSTRAINT_WORDS if name in context)
-        bound = context[bound_name]
-        if isinstance(bound, float) and bound.is_integer():
-            bound = int(bound)
-        return f"{key} must be {_CONSTRAINT_WORDS[bound_name]} {bound}, got {value!r}"
-    if kind in {"literal_error", "enum"}:
-        return f"{key} must be one of {context.get('expected')}, got {value!r}"
-    if kind == "value_error":
-        return str(context.get("error", error["msg"]))
-    if kind == "missing":
-        return f"{key} is required"
-    return f"{key}: {error['msg'].lower()}, got {value!r}"
-
-
-def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
-    current: Any = model
-    for part in path:
-        field = current.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type):
-            return []
-        current = field.annotation
-    return list(current.model_fields)
 
 
 def load_params(path: str | Path | None = None) -> Params:
@@ -310,9 +284,11 @@ def load_params(path: str | Path | None = None) -> Params:
     path = Path(path) if path is not None else Layout.discover().params_file
     name = shown(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except FileNotFoundError as error:
         raise ConfigError(f"{name}: not found (run inside a sixfold repository)") from error
+    except DuplicateKey as error:
+        raise ConfigError(f"{name}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{name}: not valid YAML: {error}".replace("\n", " ")) from error
     if not isinstance(raw, dict):
@@ -320,7 +296,7 @@ def load_params(path: str | Path | None = None) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        problems = [_describe(item, Params) for item in error.errors()]
+        problems = [describe(item, Params) for item in error.errors()]
         raise ConfigError(f"{name}: " + "; ".join(problems)) from None
 
 
@@ -335,7 +311,7 @@ def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        problems = [_describe(item, Params) for item in error.errors()]
+        problems = [describe(item, Params) for item in error.errors()]
         raise ConfigError("overrides: " + "; ".join(problems)) from None
 
 
@@ -348,8 +324,24 @@ def load_params_or_exit(path: str | Path | None = None) -> Params:
         raise SystemExit(2) from None
 
 
-def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Layout.discover().params_file
+USAGE = "usage: python -m tasks.core.config [-h] [PATH]"
+
+
+def main(arguments: list[str] | None = None) -> None:
+    """Check a params file (default: the repository's params.yaml): print `ok` or the error."""
+    arguments = sys.argv[1:] if arguments is None else arguments
+    if wants_help(arguments):
+        summary = " ".join((__doc__ or "").split("\n\n")[0].split())
+        print_help(
+            f"{USAGE}\n\n{summary}\n\nChecks PATH (default: the params.yaml of the repository "
+            "around the working directory)\nand prints `PATH: ok`, or one `error: ...` line and "
+            "exits 2. Reads PATH; writes nothing."
+        )
+    if any(argument.startswith("-") for argument in arguments):
+        usage_error(USAGE, f"unknown option {next(a for a in arguments if a.startswith('-'))!r}")
+    if len(arguments) > 1:
+        usage_error(USAGE, f"one params file at most, got {len(arguments)}")
+    path = Path(arguments[0]) if arguments else Layout.discover().params_file
     load_params_or_exit(path)
     print(f"{shown(path)}: ok")
 

@@ -138,6 +138,10 @@ class Layout:
         return self.reports_dir / "tune"
 
     @property
+    def tune_summary(self) -> Path:
+        return self.tune_reports / "summary.json"
+
+    @property
     def train_report(self) -> Path:
         return self.reports_dir / "train.json"
 
@@ -156,6 +160,11 @@ class Layout:
     @property
     def metrics_file(self) -> Path:
         return self.reports_dir / "metrics.json"
+
+    @property
+    def evaluation_report(self) -> Path:
+        """The test split's details (size, per-class accuracy): diagnostics, not DVC metrics."""
+        return self.reports_dir / "evaluation.json"
 
     @property
     def confusion_file(self) -> Path:

@@ -3,6 +3,8 @@
 The tune stage writes the best values it found as dotted keys (``train.lr: 0.0042``); the
 train stage applies them over params.yaml with :func:`apply_tuned`, through the same typed
 validation as params.yaml itself, so a value the config would refuse stops with one line.
+With ``tune.enabled: false`` the file is not applied at all: it may be left from an earlier search,
+and the user asked for params.yaml's values.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import yaml
 
 from tasks.core.config import Params, with_overrides
+from tasks.core.config_errors import read_yaml
 from tasks.core.errors import ConfigError, UserError, shown
 
 
@@ -30,7 +33,7 @@ def read_best_params(path: Path) -> dict[str, Any]:
         return {}
     name = shown(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         problem = str(error).replace("\n", " ")
         raise UserError(f"{name}: not valid YAML ({problem}); re-run the tune stage") from None
@@ -40,7 +43,12 @@ def read_best_params(path: Path) -> dict[str, Any]:
 
 
 def apply_tuned(params: Params, path: Path) -> tuple[Params, dict[str, Any]]:
-    """`params` with the tuned values of `path` applied, and those values ({} when none)."""
+    """`params` with the tuned values of `path` applied, and those values ({} when none).
+
+    Nothing is applied (nor read) when `params.tune.enabled` is false.
+    """
+    if not params.tune.enabled:
+        return params, {}
     tuned = read_best_params(path)
     if not tuned:
         return params, {}
@@ -48,3 +56,16 @@ def apply_tuned(params: Params, path: Path) -> tuple[Params, dict[str, Any]]:
         return with_overrides(params, tuned), tuned
     except ConfigError as error:
         raise ConfigError(f"{shown(path)}: {error}; re-run the tune stage") from None
+
+
+def tuned_summary(params: Params, tuned: dict[str, Any], path: Path) -> str:
+    """What the train stage says about the tuned values :func:`apply_tuned` returned."""
+    if not params.tune.enabled:
+        return "tune.enabled is false: training with params.yaml's values"
+    if not tuned:
+        return f"no tuned values in {shown(path)}: training with params.yaml's values"
+    values = ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in tuned.items()
+    )
+    return f"using the tuned values from {shown(path)}: {values}"

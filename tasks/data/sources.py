@@ -150,10 +150,25 @@ def list_folder(
     ignored, whatever they point to.
     """
     if not filesystem.isdir(root):
-        raise SourceError(f"data.source: folder {root!r} does not exist or is not a folder")
+        raise SourceError(_not_a_folder(filesystem, root, remote))
     if remote:
         return list_keys(root, filesystem.find(root))
     return _list_local_folder(root)
+
+
+def _not_a_folder(filesystem: Any, path: str, remote: bool, shown: str | None = None) -> str:
+    """Why `path` cannot be read as a class-folder source: it does not exist, or is a file."""
+    shown = shown or path
+    if filesystem.exists(path):
+        return (
+            f"data.source: {shown!r} is a file, not a folder; point data.source at a folder of "
+            "class folders or a .csv manifest"
+        )
+    where = "" if remote or os.path.isabs(path) else f" (looked for {os.path.abspath(path)})"
+    return (
+        f"data.source: {shown!r} does not exist{where}; point data.source at an existing "
+        "folder, a .csv manifest or sklearn:digits"
+    )
 
 
 def list_keys(root: str, keys: Iterable[str]) -> tuple[list[SourceEntry], list[IgnoredEntry]]:
@@ -258,13 +273,17 @@ def list_manifest(
         raise SourceError(
             f"data.source: manifest {manifest!r} is not a readable CSV ({first_line})"
         ) from None
-    missing_columns = {"path", "label", *([group_column] if group_column else [])} - set(
-        table.columns
-    )
+    missing_columns = {"path", "label"} - set(table.columns)
     if missing_columns:
         raise SourceError(
             f"data.source: manifest {manifest!r} lacks column(s) {sorted(missing_columns)} "
             f"(found {list(table.columns)}; expected path,label)"
+        )
+    if group_column and group_column not in table.columns:
+        raise SourceError(
+            f"data.group_column={group_column!r}: manifest {manifest!r} has no column "
+            f"{group_column!r} (found {list(table.columns)}); add that column or set "
+            "data.group_column to one of the manifest's columns (null for no groups)"
         )
     root = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
     existing = set(filesystem.find(root)) if remote else None
@@ -298,10 +317,13 @@ def open_source(
     ignored: list[IgnoredEntry] = []
     if path.lower().endswith(".csv"):
         root, entries = list_manifest(filesystem, path, remote, group_column)
+    elif not filesystem.isdir(path):
+        raise SourceError(_not_a_folder(filesystem, path, remote, shown=location))
     elif group_column:
         raise SourceError(
             f"data.group_column={group_column!r} needs a CSV manifest source with that column; "
-            f"{location!r} is a folder"
+            f"{location!r} is a folder: point data.source at a manifest or set "
+            "data.group_column: null"
         )
     else:
         root = path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,8 +20,22 @@ def keep_ray_on_loopback(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def start_ray(address: str | None, root: Path) -> None:
+def quiet_ray() -> None:
+    """Ray's and Optuna's own console output down to errors (`tune.verbose: false`): sixfold
+    prints one line per trial instead (tasks/tuning/progress.py)."""
+    # the new output engine prints its configuration box and paths even at verbose=0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def start_ray(address: str | None, root: Path, verbose: bool = False) -> None:
     keep_ray_on_loopback(address)
+    if not verbose:
+        quiet_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a crashed trial's traceback goes to its error.txt, not the console: a retried crash needs

@@ -7,9 +7,19 @@ import errno
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks.core.errors import ConfigError, UserError
-from tasks.core.runner import EX_CONFIG, EX_TEMPFAIL, EX_USER, is_transient, stage_main
+from tasks.core.layout import Layout
+from tasks.core.runner import (
+    EX_CONFIG,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    EX_USER,
+    is_transient,
+    stage_help,
+    stage_main,
+)
 from tests.conftest import free_port, run, write_params
 
 
@@ -33,7 +43,7 @@ def test_stage_main_turns_a_user_error_into_one_line(capsys: pytest.CaptureFixtu
         raise UserError("data.source: 'x' does not exist")
 
     with pytest.raises(SystemExit) as caught:
-        stage_main(main)
+        stage_main(main, argv=[])
     assert caught.value.code == EX_USER == 1
     assert capsys.readouterr().err == "error: data.source: 'x' does not exist\n"
 
@@ -43,7 +53,7 @@ def test_stage_main_exits_2_for_a_config_error(capsys: pytest.CaptureFixture) ->
         raise ConfigError("params.yaml: train.lr must be > 0, got -1")
 
     with pytest.raises(SystemExit) as caught:
-        stage_main(main)
+        stage_main(main, argv=[])
     assert caught.value.code == EX_CONFIG == 2
     assert capsys.readouterr().err == "error: params.yaml: train.lr must be > 0, got -1\n"
 
@@ -53,7 +63,7 @@ def test_stage_main_exits_75_on_a_network_failure(capsys: pytest.CaptureFixture)
         raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
 
     with pytest.raises(SystemExit) as caught:
-        stage_main(main)
+        stage_main(main, argv=[])
     assert caught.value.code == EX_TEMPFAIL
     assert "transient" in capsys.readouterr().err
 
@@ -63,7 +73,69 @@ def test_stage_main_lets_bugs_show_their_traceback() -> None:
         raise KeyError("a bug")
 
     with pytest.raises(KeyError):
-        stage_main(main)
+        stage_main(main, argv=[])
+
+
+def test_stage_main_answers_help_without_running_main(capsys: pytest.CaptureFixture) -> None:
+    ran: list[bool] = []
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as caught:
+            stage_main(lambda: ran.append(True), argv=[flag])
+        assert caught.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: python -m tests.code.test_cli [-h]\n")
+    assert ran == []
+
+
+def test_stage_main_refuses_an_unknown_argument_before_main(capsys: pytest.CaptureFixture) -> None:
+    ran: list[bool] = []
+    with pytest.raises(SystemExit) as caught:
+        stage_main(lambda: ran.append(True), options={"--show": "print"}, argv=["--shw"])
+    assert caught.value.code == EX_USAGE == 2 and ran == []
+    assert capsys.readouterr().err == (
+        "error: unknown argument '--shw'; usage: python -m tests.code.test_cli [-h] [--show] "
+        "(--help says more)\n"
+    )
+    stage_main(lambda: ran.append(True), options={"--show": "print"}, argv=["--show"])
+    assert ran == [True]
+
+
+def test_stage_help_lists_what_dvc_yaml_declares(tmp_path: Path) -> None:
+    stage = {
+        "cmd": "python -m tasks.thing",
+        "deps": ["tasks/thing.py", "tasks/core/io.py", "data/in"],
+        "params": ["seed", "thing.size", {"other.yaml": ["colour"]}],
+        "outs": ["data/out", {"models/state": {"persist": True, "cache": False}}],
+        "metrics": [{"reports/thing.json": {"cache": False}}],
+        "plots": ["reports/thing.csv"],
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"thing": stage}}))
+    docstring = "thing: make a thing\n    from the input.\n\nDetails nobody needs in --help."
+    text = stage_help("tasks.thing", docstring, Layout(tmp_path), {"--fast": "go faster"})
+    assert text.startswith("usage: python -m tasks.thing [-h] [--fast]\n\n")
+    assert "thing: make a thing from the input." in text and "Details" not in text
+    assert "DVC stage 'thing'" in text
+    reads = text.split("\nreads:\n")[1].split("\nwrites:\n")[0].splitlines()
+    assert [line.strip() for line in reads] == [
+        "data/in",
+        "params.yaml: seed, thing.size",
+        "other.yaml: colour",
+        "code: 2 modules (dvc.yaml lists them)",
+    ]
+    writes = text.split("\nwrites:\n")[1].split("\n\n")[0].splitlines()
+    assert [line.strip() for line in writes] == [
+        "data/out",
+        "models/state",
+        "reports/thing.json (metrics)",
+        "reports/thing.csv (plot)",
+    ]
+    assert "--fast" in text.split("options:")[1] and "go faster" in text
+
+
+def test_stage_help_of_a_step_outside_dvc_yaml(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    text = stage_help("tasks.other", "other: list things.", Layout(tmp_path), None, ["a"], ["b"])
+    assert "Not a DVC stage" in text
+    assert "\nreads:\n  a\nwrites:\n  b\n" in text
 
 
 def test_unreachable_s3_endpoint_exits_75(repo: Path) -> None:

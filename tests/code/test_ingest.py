@@ -327,6 +327,49 @@ def test_missing_folder_source_names_the_path(tmp_path: Path) -> None:
     assert str(missing) in str(caught.value)
 
 
+def test_missing_folder_source_says_it_does_not_exist_even_with_groups(tmp_path: Path) -> None:
+    """With data.group_column set, a mistyped folder was reported as 'is a folder'."""
+    missing = tmp_path / "data" / "mydat"
+    for group_column in (None, "patient"):
+        with pytest.raises(SourceError) as caught:
+            ingest(str(missing), {}, tmp_path / "raw", group_column=group_column)
+        message = str(caught.value)
+        assert message.startswith(f"data.source: {str(missing)!r} does not exist;"), message
+        assert "is a folder" not in message
+
+
+def test_a_relative_missing_source_shows_where_it_was_looked_for(tmp_path: Path) -> None:
+    """The stage, as a user runs it: one line, exit 1, the relative path resolved."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(
+        (REPO_ROOT / "params.yaml")
+        .read_text()
+        .replace("source: sklearn:digits", "source: data/mydat")
+        .replace("group_column: null", "group_column: patient")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.ingest"],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1, result.stderr
+    expected = f"data.source: 'data/mydat' does not exist (looked for {work / 'data' / 'mydat'})"
+    assert result.stderr.splitlines() == [
+        f"error: {expected}; point data.source at an existing folder, a .csv manifest or "
+        "sklearn:digits"
+    ]
+
+
+def test_a_file_that_is_not_a_manifest_is_not_called_missing(tmp_path: Path) -> None:
+    source = tmp_path / "images.txt"
+    source.write_text("cat/a.png\n")
+    with pytest.raises(SourceError, match=r"is a file, not a folder; point data.source at"):
+        ingest(str(source), {}, tmp_path / "raw")
+
+
 def test_empty_folder_source_is_an_error(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -440,6 +483,18 @@ def test_manifest_without_a_required_column_names_it(
     with pytest.raises(SourceError) as caught:
         ingest(str(root / "manifest.csv"), {}, tmp_path / "raw")
     assert f"[{missing!r}]" in str(caught.value)
+
+
+def test_manifest_without_the_group_column_names_the_setting(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_png(root / "a.png", 10)
+    (root / "manifest.csv").write_text("path,label,subject\na.png,alpha,s1\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(str(root / "manifest.csv"), {}, tmp_path / "raw", group_column="patient")
+    message = str(caught.value)
+    assert message.startswith("data.group_column='patient': manifest ")
+    assert "has no column 'patient' (found ['path', 'label', 'subject'])" in message
+    assert "expected path,label" not in message  # path and label are there
 
 
 def test_missing_manifest_names_the_path(tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ def test_classes_too_small_for_the_fractions_are_a_clear_error() -> None:
     manifest = pd.DataFrame({"path": [f"{i}.png" for i in range(60)], "label": labels})
     manifest["group"] = ""
     data = DataConfig(val_fraction=0.02, test_fraction=0.02)  # 3 held-out images, 4 classes
-    with pytest.raises(SplitError, match="cannot stratify 60 images over 4 classes"):
+    with pytest.raises(SplitError, match=r"\(60 images, 4 classes\); smallest: 'c0' \(15 images\)"):
         assign_splits(manifest, data, seed=0)
 
 

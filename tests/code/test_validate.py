@@ -134,6 +134,10 @@ def build_source(tmp_path: Path, layout: str) -> tuple[str, dict[str, str], dict
     (root / "cat" / "linkdir").symlink_to(outside / "dir", target_is_directory=True)
     expected["cat/escape.png"] = "unsafe_path"
     labels["cat/escape.png"] = "cat"
+    # a symlink to nothing inside the root: missing, in both layouts
+    (root / "dog" / "gone.png").symlink_to(root / "dog" / "deleted.png")
+    expected["dog/gone.png"] = "missing"
+    labels["dog/gone.png"] = "dog"
 
     if layout == "folder":
         expected["cat/linkdir"] = "unsafe_path"  # the folder itself is listed, never entered
@@ -144,7 +148,7 @@ def build_source(tmp_path: Path, layout: str) -> tuple[str, dict[str, str], dict
     for path in ("../outside/secret.png", str(outside / "secret.png")):
         expected[path] = "unsafe_path"
         labels[path] = "cat"
-    expected["cat/missing.png"] = "undecodable"  # listed but absent
+    expected["cat/missing.png"] = "missing"  # listed but absent: not a broken image
     labels["cat/missing.png"] = "cat"
     # list rows in reverse order: the kept duplicate must follow the sorted paths, not the CSV
     rows = [{"path": path, "label": labels[path]} for path in sorted(expected, reverse=True)]
@@ -464,6 +468,44 @@ def test_too_much_quarantined_fails_the_stage(
     else:
         assert result.returncode == 0, result.stderr[-3000:]
         assert "max_quarantined_fraction" not in result.stderr
+
+
+def test_listed_files_that_do_not_exist_are_counted_as_missing(tmp_path: Path) -> None:
+    """A manifest whose listed files are partly absent: the stages say `missing`, not
+    `undecodable`, on the console, in validation.json and in the quarantine manifest."""
+    root = tmp_path / "images"
+    rows = []
+    for index in range(40):
+        path = f"{GOOD_LABELS[index % 2]}/img_{index:02d}.png"
+        if index % 7 != 3:  # 6 of 40 listed files (15 %) were never there
+            write(root / path, png_bytes(noise(index)))
+        rows.append({"path": path, "label": GOOD_LABELS[index % 2]})
+    write(root / "cat" / "broken.png", b"not an image")  # a real undecodable file, for contrast
+    rows.append({"path": "cat/broken.png", "label": "cat"})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    absent = sorted(row["path"] for row in rows if not (root / row["path"]).exists())
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(
+        (REPO_ROOT / "params.yaml")
+        .read_text()
+        .replace("source: sklearn:digits", f"source: {root / 'manifest.csv'}")
+    )
+    environment = {"PYTHONPATH": str(REPO_ROOT)}
+    ingested = run([sys.executable, "-m", "tasks.ingest"], work, env=environment)
+    validated = run([sys.executable, "-m", "tasks.validate"], work, env=environment)
+
+    assert f"flagged for quarantine: missing={len(absent)})" in ingested.stdout
+    summary = validated.stdout.strip().splitlines()[-1]
+    assert f"quarantined (undecodable=1, missing={len(absent)})" in summary, summary
+    layout = Layout(work)
+    report = json.loads(layout.validation_report.read_text())
+    assert report["reasons"]["missing"] == len(absent) and report["reasons"]["undecodable"] == 1
+    quarantine = pd.read_csv(layout.quarantine_dir / "manifest.csv", keep_default_na=False)
+    missing_rows = quarantine[quarantine["reason"] == "missing"]
+    assert sorted(missing_rows["path"]) == absent
+    assert (missing_rows["detail"] == "listed file does not exist").all()
+    assert report["accepted"] + report["quarantined"] == len(rows)
 
 
 @pytest.mark.parametrize(("threshold", "warns"), [(3.0, True), (10.0, False)])

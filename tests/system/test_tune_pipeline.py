@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -364,3 +365,22 @@ def test_trials_run_on_an_existing_ray_cluster(repo: Path, tmp_path: Path) -> No
         assert _summary(repo)["trials"] == 1, local.stdout[-2000:]
     finally:
         _stop(head)
+
+
+@pytest.mark.slow
+def test_ray_is_quiet_unless_asked(repo: Path) -> None:
+    """One sixfold line per trial; Ray's trial tables only with tune.verbose: true."""
+    write_params(repo, {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "num_samples": 2}})
+    _prepare(repo)
+    quiet = run(["python", "-m", "tasks.tune"], repo)
+    output = quiet.stdout + quiet.stderr
+    trial_lines = [line for line in output.splitlines() if line.startswith("tune: trial ")]
+    assert sorted(line[:15] for line in trial_lines) == ["tune: trial 1/2", "tune: trial 2/2"]
+    assert all("train.lr=" in line and "val_acc" in line for line in trial_lines), output
+    assert "Trial status" not in output, output[-3000:]
+    assert len(output.splitlines()) < 15, output[-3000:]
+
+    write_params(repo, {"tune": {"verbose": True}})
+    shutil.rmtree(repo / "models" / "tune")  # a fresh search, not the finished one
+    loud = run(["python", "-m", "tasks.tune"], repo)
+    assert "Trial status" in loud.stdout + loud.stderr
