@@ -74,7 +74,7 @@ lock: ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	/tmp/sixfold-lock/bin/pip install --quiet ".[dev]" && \
 	{ head -2 $(LOCK); /tmp/sixfold-lock/bin/pip freeze --exclude sixfold; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
-clean: ## remove pipeline outputs (data/, models/, reports/ outputs); keeps .venv and the DVC cache
+clean: ## remove the pipeline's outputs (data/, models/, reports/); keeps .venv and DVC's cache, so the next run restores every stage from it
 	@rm -rf data/raw data/validated data/quarantine data/splits data/packed data/augmented \
 		models/*.safetensors models/*.json models/checkpoints models/tune \
 		reports/*.json reports/plots reports/data reports/augment reports/tune reports/dvclive

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -27,7 +28,7 @@ from tasks.core.layout import Layout
 from tasks.data.augmentation import BatchAugment
 from tasks.data.packed import Arrays, PackedMeta, load_arrays
 from tasks.modeling.batches import PackedBatches, PackedDataModule
-from tasks.modeling.callbacks import History
+from tasks.modeling.callbacks import DvcLiveCurves, History
 from tasks.modeling.fit import (
     build_trainer,
     make_module,
@@ -55,8 +56,6 @@ def _params(layout: Layout) -> Params:
 
 def lightning_run(params: Params, arrays: Arrays, meta: PackedMeta) -> float:
     L.seed_everything(params.seed, verbose=False)
-    from dvclive.lightning import DVCLiveLogger
-
     with tempfile.TemporaryDirectory() as scratch:
         # timed from here: building the module, checkpoint, logger and Trainer is this side's
         # real cost (the plain side's clock likewise starts before its network and optimizer)
@@ -68,10 +67,9 @@ def lightning_run(params: Params, arrays: Arrays, meta: PackedMeta) -> float:
         steps = steps_per_epoch(arrays, params.train.batch_size)
         best = ModelCheckpoint(dirpath=scratch, filename="best", monitor="val_acc", mode="max")
         last = ModelCheckpoint(dirpath=scratch, filename="last", enable_version_counter=False)
-        logger = DVCLiveLogger(dir=f"{scratch}/dvclive", save_dvc_exp=False, dvcyaml=False)
-        trainer = build_trainer(
-            params, [History(), best, last], logger=logger, steps_per_epoch=steps
-        )
+        history = History()
+        curves = DvcLiveCurves(history, Path(scratch) / "dvclive")  # the stage's dvclive series
+        trainer = build_trainer(params, [history, curves, best, last], steps_per_epoch=steps)
         data = PackedDataModule(arrays, params.train.batch_size, params.seed)
         quiet_fit(trainer, module, data)
         return time.perf_counter() - start

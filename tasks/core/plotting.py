@@ -24,3 +24,10 @@ def save_figure(figure: Any, path: Path, dpi: int = 100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi)
     pyplot().close(figure)
+
+
+def integer_ticks(axis: Any) -> None:
+    """Ticks at whole numbers only on `axis` (an x or y axis): epochs, trials, counts."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))

@@ -9,6 +9,8 @@
   ``error (transient): ...`` and exits 75 (EX_TEMPFAIL), which the Prefect flow retries with
   backoff.
 - Missing credentials or a refused permission print one line and exit 1.
+- Ctrl-C (KeyboardInterrupt) prints one line and exits 130 (the train stage says more: after
+  which epoch, and where it resumes).
 - Anything else is a bug: the traceback is shown as usual.
 
 Before any of that, the command line: ``-h``/``--help`` prints what the stage does (its module
@@ -34,6 +36,7 @@ EX_USER = 1  # a mistake in the data or files
 EX_CONFIG = 2  # a mistake in params.yaml, found before any work
 EX_USAGE = 2  # an argument the command does not take (the shell convention, as argparse)
 EX_TEMPFAIL = 75  # BSD's EX_TEMPFAIL: try again later; the Prefect flow retries these
+EX_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for a command stopped by Ctrl-C
 HELP_FLAGS = ("-h", "--help")
 
 _TRANSIENT_ERRNOS = {
@@ -218,6 +221,11 @@ def stage_main(
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(EX_USER) from None
+    except KeyboardInterrupt:
+        print(
+            "interrupted (Ctrl-C); run it again (dvc repro or make run) to go on", file=sys.stderr
+        )
+        raise SystemExit(EX_INTERRUPTED) from None
     except Exception as error:
         if is_access_problem(error):
             print(

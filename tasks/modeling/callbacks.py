@@ -1,7 +1,14 @@
-"""Lightning callbacks: the per-epoch history, a light progress bar, and the frozen backbone."""
+"""Lightning callbacks: the per-epoch history and its dvclive curves, a light progress bar, the
+frozen backbone and torch's random state in checkpoints.
+
+Epochs are counted from 1 wherever a person sees them (the bar, messages, `History`, reports,
+dvclive's steps, plots); only Lightning's own `current_epoch` and a checkpoint's `epoch` count
+from 0 (a checkpoint written after the third epoch holds `epoch: 2`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,7 +24,8 @@ METRICS = (*SHOWN, "train_loss_augmented", "train_acc_augmented")
 
 
 class History(L.Callback):
-    """Per-epoch metrics; saved in checkpoints so a resumed run keeps the whole curve."""
+    """Per-epoch metrics, `epoch` counted from 1; saved in checkpoints so a resumed run keeps
+    the whole curve."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
@@ -25,7 +33,7 @@ class History(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # runs after the epoch's validation loop, so train and val metrics are both current
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in METRICS}
-        self.epochs.append({"epoch": trainer.current_epoch, **metrics})
+        self.epochs.append({"epoch": trainer.current_epoch + 1, **metrics})
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}
@@ -73,6 +81,76 @@ class EpochProgress(L.Callback):
             self.bar.close()
             self.bar = None
 
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
+        # an interrupted epoch: end its bar's line, so what is printed next starts on its own
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def dvclive_name(metric: str) -> str:
+    """A History metric as dvclive files it: `val_acc` -> `val/acc` (plots/metrics/val/acc.tsv),
+    `train_loss_augmented` -> `train/loss_augmented`."""
+    split, _, statistic = metric.partition("_")
+    return f"{split}/{statistic}"
+
+
+class DvcLiveCurves(L.Callback):
+    """The learning curves as dvclive series (`<directory>/plots/metrics/{train,val}/*.tsv`,
+    the DVC plots): one row per epoch, its step the epoch (from 1), written from `history`.
+
+    Every fit starts the folder afresh and writes the epochs `history` already holds first: on a
+    resumed run those are the epochs restored from the checkpoint, so the series continues where
+    the interrupted run stopped, each epoch once, even though `dvc repro` deletes the folder
+    (a non-persistent output) before the stage runs. (Lightning's DVCLiveLogger logs at the end of
+    training and again at the end of validation, each time with the batch count as the step and
+    an `epoch` row: every epoch twice in epoch.tsv, and a resumed run's series began again.)
+    Written on the global-zero process only.
+    """
+
+    def __init__(self, history: History, directory: Path) -> None:
+        self.history = history
+        self.directory = directory
+        self.live: Any = None
+        self.written = 0
+
+    def _write_new_epochs(self) -> None:
+        for row in self.history.epochs[self.written :]:
+            self.live.step = int(row["epoch"])
+            for metric in METRICS:
+                if row.get(metric) is not None:
+                    self.live.log_metric(dvclive_name(metric), float(row[metric]))
+            self.live.make_summary()
+        self.written = len(self.history.epochs)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # after the checkpoint (and with it `history`) was restored
+        if not trainer.is_global_zero:
+            return
+        from dvclive import Live  # imported here: only the final fit writes curves
+
+        self.live = Live(
+            str(self.directory), resume=False, save_dvc_exp=False, dvcyaml=False, report=None
+        )
+        self.written = 0
+        self._write_new_epochs()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.live is not None:
+            self._write_new_epochs()
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._end()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
+        self._end()  # the epochs that finished before the interruption stay in the series
+
+    def _end(self) -> None:
+        if self.live is not None:
+            self._write_new_epochs()
+            self.live.end()
+            self.live = None
+
 
 class FreezeBackbone(L.Callback):
     """Train only the head for the first `epochs` epochs (all of them when epochs == 0).
@@ -96,7 +174,11 @@ class FreezeBackbone(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._apply(trainer, module)
         if trainer.current_epoch == self.until and trainer.is_global_zero:
-            print(f"train: epoch {self.until}: backbone unfrozen, fine-tuning every layer")
+            # current_epoch counts from 0: the epoch after the `until` head-only ones
+            print(
+                f"train: epoch {self.until + 1}/{trainer.max_epochs}: backbone unfrozen, "
+                "fine-tuning every layer"
+            )
 
 
 class GlobalRandomState(L.Callback):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.core.plotting import pyplot, save_figure
+from tasks.core.plotting import integer_ticks, pyplot, save_figure
 from tasks.tuning.attempts import attempts_made
 
 
@@ -47,6 +47,7 @@ def plot_trials(
         if history is not None and metric in getattr(history, "columns", []):
             axis.plot(range(1, len(history) + 1), history[metric], marker=".", alpha=0.8)
     axis.set(title=f"{metric} per trial (ASHA stops the weak ones)", xlabel="epoch", ylabel=metric)
+    integer_ticks(axis.xaxis)  # epochs from 1, whole numbers
     figure.tight_layout()
     save_figure(figure, report_dir / "trials.png")
 
@@ -58,5 +59,6 @@ def plot_trials(
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.step(range(1, len(running) + 1), running, where="post")
     axis.set(title=f"best {metric} so far", xlabel="trials finished", ylabel=metric)
+    integer_ticks(axis.xaxis)
     figure.tight_layout()
     save_figure(figure, report_dir / "best_so_far.png")

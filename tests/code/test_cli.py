@@ -13,6 +13,7 @@ from tasks.core.errors import ConfigError, UserError
 from tasks.core.layout import Layout
 from tasks.core.runner import (
     EX_CONFIG,
+    EX_INTERRUPTED,
     EX_TEMPFAIL,
     EX_USAGE,
     EX_USER,
@@ -46,6 +47,17 @@ def test_stage_main_turns_a_user_error_into_one_line(capsys: pytest.CaptureFixtu
         stage_main(main, argv=[])
     assert caught.value.code == EX_USER == 1
     assert capsys.readouterr().err == "error: data.source: 'x' does not exist\n"
+
+
+def test_stage_main_says_interrupted_on_ctrl_c(capsys: pytest.CaptureFixture) -> None:
+    def main() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as caught:
+        stage_main(main, argv=[])
+    assert caught.value.code == EX_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted (Ctrl-C)") and err.count("\n") == 1
 
 
 def test_stage_main_exits_2_for_a_config_error(capsys: pytest.CaptureFixture) -> None:

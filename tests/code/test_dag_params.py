@@ -87,9 +87,7 @@ def test_tune_does_not_depend_on_the_whole_train_section() -> None:
         assert f"train.{overridden}" not in declared("tune")
 
 
-@pytest.mark.parametrize(
-    ("section", "model"), [("tune", TuneSettings), ("augment", AugmentConfig)]
-)
+@pytest.mark.parametrize(("section", "model"), [("tune", TuneSettings), ("augment", AugmentConfig)])
 def test_every_other_tune_and_augment_key_is_listed_or_explained(section: str, model: Any) -> None:
     entries = declared("tune")
     for name in model.model_fields:

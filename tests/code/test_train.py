@@ -218,12 +218,12 @@ def test_best_epoch_is_the_first_with_the_highest_val_acc() -> None:
     its best unless a later epoch is strictly better): a tie with a lower loss does not win."""
     history = History()
     history.epochs = [
-        {"epoch": 0, "val_acc": 0.90, "val_loss": 0.50},
-        {"epoch": 1, "val_acc": 0.95, "val_loss": 0.30},
-        {"epoch": 2, "val_acc": 0.95, "val_loss": 0.10},
-        {"epoch": 3, "val_acc": 0.94, "val_loss": 0.05},
+        {"epoch": 1, "val_acc": 0.90, "val_loss": 0.50},
+        {"epoch": 2, "val_acc": 0.95, "val_loss": 0.30},
+        {"epoch": 3, "val_acc": 0.95, "val_loss": 0.10},
+        {"epoch": 4, "val_acc": 0.94, "val_loss": 0.05},
     ]
-    assert history.best()["epoch"] == 1
+    assert history.best()["epoch"] == 2
 
 
 def _accuracy(network: torch.nn.Module, meta: PackedMeta, split: tuple) -> float:
@@ -287,14 +287,15 @@ def test_reported_best_epoch_is_the_exported_epoch(
     report = train_stage(params, layout)
     assert report is not None
 
-    # every epoch's val accuracy, as the dvclive logger received it (one row per epoch)
+    # every epoch's val accuracy, as dvclive recorded it (one row per epoch, the step the epoch)
     rows = (layout.dvclive_dir / "plots" / "metrics" / "val" / "acc.tsv").read_text()
     accuracies = [float(row["acc"]) for row in csv.DictReader(io.StringIO(rows), delimiter="\t")]
     assert len(accuracies) == 8
-    tied = [epoch for epoch, value in enumerate(accuracies) if value == max(accuracies)]
+    tied = [epoch for epoch, value in enumerate(accuracies, 1) if value == max(accuracies)]
     assert len(tied) >= 2, f"the test needs a tie at the best val accuracy: {accuracies}"
     best_path = layout.checkpoint_dir / "best.ckpt"
-    exported_epoch = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
+    # a checkpoint's `epoch` counts from 0; every epoch the user sees, from 1
+    exported_epoch = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"] + 1
     assert report["best_epoch"] == exported_epoch == tied[0]
     assert report["exported_epoch"] == exported_epoch
     exported = load_file(str(layout.models_dir / "model.safetensors"))

@@ -1,4 +1,4 @@
-"""End to end: `dvc repro` and the Prefect flow on a shrunk config in a temporary repo copy."""
+"""End to end: `make run` (dvc repro) and the Prefect flow on a shrunk config in a repo copy."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import pytest
 import yaml
 
 from tasks.data.sources import write_digits
-from tests.conftest import run, write_params
+from tests.conftest import VENV_BIN, run, write_params
 
 STAGES = ["ingest", "validate", "split", "augment", "tune", "train", "evaluate"]
 
 
 def _repro(repo: Path) -> str:
-    run(["python", "-m", "tasks.source"], repo)
-    result = run(["dvc", "repro"], repo)
+    """`make run` (without its set-up step: this virtualenv is used as it is)."""
+    result = run(["make", "-o", "setup", "run", f"VENV={VENV_BIN.parent}"], repo)
     return result.stdout + result.stderr
+
+
+def _accuracy_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("test accuracy")]
 
 
 def _ran(output: str) -> list[str]:
@@ -26,11 +30,12 @@ def _ran(output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_end_to_end_then_noop(repo: Path) -> None:
+def test_make_run_end_to_end_then_noop(repo: Path) -> None:
     output = _repro(repo)
     assert _ran(output) == STAGES
     last_line = output.split("Running stage 'evaluate'")[1]
     assert "test accuracy" in last_line and "baseline (logistic_regression)" in last_line
+    assert len(_accuracy_lines(output)) == 1  # printed by evaluate, not again by `make run`
 
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert 0.5 < metrics["test"]["accuracy"] <= 1.0  # 3 tiny epochs still learn digits
@@ -48,11 +53,24 @@ def test_dvc_repro_end_to_end_then_noop(repo: Path) -> None:
     second = _repro(repo)
     assert _ran(second) == []
     assert "Data and pipelines are up to date" in second
+    assert _accuracy_lines(second) == _accuracy_lines(output)  # evaluate skipped: read back once
 
     # changing one key re-runs only the stages that read it
     write_params(repo, {"evaluate": {"baseline": "svc"}})
     third = _repro(repo)
     assert _ran(third) == ["evaluate"]
+
+    # `make clean` keeps DVC's cache: every stage comes back from it, none runs again
+    run(["make", "clean", f"VENV={VENV_BIN.parent}"], repo)
+    assert not (repo / "models" / "model.safetensors").exists()
+    restored = _repro(repo)
+    assert _ran(restored) == [], restored[-3000:]
+    for stage in STAGES:
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in restored
+    assert (repo / "models" / "model.safetensors").stat().st_size > 0
+    assert (repo / "reports" / "data" / "class_balance.png").stat().st_size > 0
+    assert json.loads((repo / "reports" / "metrics.json").read_text())["baseline"]["name"] == "svc"
+    assert len(_accuracy_lines(restored)) == 1
 
 
 @pytest.mark.slow
@@ -82,7 +100,8 @@ def test_prefect_flow_runs_every_stage_then_skips_them(repo: Path) -> None:
 
     second = run(["python", "-m", "flows.pipeline"], repo)
     log = second.stdout + second.stderr
-    assert "training-pipeline: " + ", ".join(f"{s} skipped" for s in STAGES) in log
+    skipped = ", ".join(f"{s} skipped (up to date)" for s in STAGES)
+    assert "training-pipeline: " + skipped in log
     assert "every stage up to date" in log
     # the flow and dvc agree: dvc itself sees nothing to do
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout

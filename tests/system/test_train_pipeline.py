@@ -122,13 +122,22 @@ def test_kill_9_mid_training_then_repro_trains_only_the_remaining_epochs(
 
     resumed = run(["dvc", "repro"], repo)
     output = resumed.stdout + resumed.stderr
-    assert "train: resuming from models/checkpoints/last.ckpt" in output
+    assert (
+        f"train: resuming after epoch {saved} of {epochs} from models/checkpoints/last.ckpt"
+    ) in output
     # the second run trained exactly the epochs the first did not save, and no other
     assert epochs_in(output, epochs) == list(range(saved + 1, epochs + 1)), output[-3000:]
     assert epochs_in(output, epochs, finished=True) == list(range(saved + 1, epochs + 1))
     resumed_accuracy = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
     report = json.loads((repo / "reports" / "train.json").read_text())
     assert report["resumed"] is True and report["epochs_run"] == epochs
+    # dvc repro deletes reports/dvclive (an output that does not persist) before the stage runs;
+    # the resumed run writes the epochs restored from the checkpoint first: each epoch once
+    series = sorted((repo / "reports" / "dvclive" / "plots" / "metrics").rglob("*.tsv"))
+    assert len(series) >= 4
+    for path in series:
+        steps = [int(line.split("\t")[0]) for line in path.read_text().splitlines()[1:]]
+        assert steps == list(range(1, epochs + 1)), (path.name, steps)
 
     # an uninterrupted run of the same pipeline, for comparison
     clean = run(["dvc", "repro", "--force", "--single-item", "train"], repo)

@@ -1,0 +1,81 @@
+"""The Makefile's promises: `make run` exits with the failing stage's code (through
+`python -m flows.repro`) and `make clean` removes every pipeline output and keeps what it says it
+keeps. `make run`'s single accuracy line on a real run is in tests/system/test_pipeline.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import VENV_BIN, run
+
+
+def _make_run(repo: Path) -> subprocess.CompletedProcess[str]:
+    """`make run` in the repo copy with this virtualenv (`-o setup`: never install)."""
+    return run(["make", "-o", "setup", "run", f"VENV={VENV_BIN.parent}"], repo, check=False)
+
+
+def test_make_run_exits_with_a_failing_stages_code(repo: Path) -> None:
+    """A real `dvc repro` of a stage that exits 2: DVC exits 255, `python -m flows.repro` exits
+    2 and says so; make (which exits 2 for any failed recipe) shows `Error 2`."""
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    fails = "import sys\nprint('error: broken.key: wrong', file=sys.stderr)\nsys.exit(2)\n"
+    (repo / "broken.py").write_text(fails)
+    dvc_yaml["stages"] = {"broken": {"cmd": "python broken.py", "outs": ["never.txt"]}}
+    dvc_yaml.pop("plots", None)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+
+    assert run(["dvc", "repro"], repo, check=False).returncode == 255  # why the wrapper exists
+    direct = run(["python", "-m", "flows.repro"], repo, check=False)
+    assert direct.returncode == 2
+    log = direct.stdout + direct.stderr
+    assert log.count("error: broken.key: wrong") == 1
+    assert direct.stderr.strip().splitlines()[-1] == (
+        "make run: stage 'broken' failed with exit 2 (a mistake in params.yaml)"
+    )
+
+    made = _make_run(repo)
+    assert made.returncode == 2  # GNU make's own code for a failed recipe
+    assert "make: *** [Makefile" in made.stderr and "run] Error 2" in made.stderr
+    assert "make run: stage 'broken' failed with exit 2" in made.stderr
+
+
+def test_make_run_stops_at_a_params_mistake_with_its_code(repo: Path) -> None:
+    text = (repo / "params.yaml").read_text().replace("\n  lr:", "\n  learning_rate:", 1)
+    (repo / "params.yaml").write_text(text)
+    made = _make_run(repo)
+    assert made.returncode == 2
+    errors = [line for line in made.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.learning_rate" in errors[0]
+    assert "make run: the params.yaml check failed with exit 2" in made.stderr
+    assert "run] Error 2" in made.stderr
+    assert not (repo / "dvc.lock").exists()
+
+
+def _declared_outputs(dvc_yaml: dict) -> list[str]:
+    """Every path dvc.yaml declares as a stage's output, metric or plot."""
+    paths = []
+    for stage in dvc_yaml["stages"].values():
+        for section in ("outs", "metrics", "plots"):
+            for entry in stage.get(section, []):
+                paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return paths
+
+
+def test_make_clean_removes_every_output_and_keeps_the_cache_and_sources(repo: Path) -> None:
+    outputs = _declared_outputs(yaml.safe_load((repo / "dvc.yaml").read_text()))
+    assert "models/model.safetensors" in outputs and "reports/metrics.json" in outputs
+    for output in outputs:  # a file where a file is declared, a folder with a file in it else
+        path = repo / output / "part" if not Path(output).suffix else repo / output
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("made by the pipeline")
+    kept = [".dvc/cache/files/md5/ab/cdef", "data/source.json", "params.yaml", "dvc.yaml"]
+    (repo / kept[0]).parent.mkdir(parents=True, exist_ok=True)
+    (repo / kept[0]).write_text("cached")
+    (repo / "data" / "source.json").write_text("{}")
+
+    run(["make", "clean", f"VENV={VENV_BIN.parent}"], repo)
+    assert [output for output in outputs if (repo / output).exists()] == []
+    assert [path for path in kept if not (repo / path).exists()] == []
