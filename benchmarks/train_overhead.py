@@ -6,7 +6,7 @@ schedule, gradient clipping, a validation pass and a train-accuracy pass (eval m
 images) every epoch, deterministic algorithms in both; Lightning also writes its best and last
 checkpoints, dvclive curves and progress bar, as in the train stage's final fit. Early stopping
 is off so both run the same epochs. Each side is timed from the construction of its objects
-(module, checkpoints, logger and Trainer; network, batches, optimizer and schedule) to the end
+(module, checkpoints, curves and Trainer; network, batches, optimizer and schedule) to the end
 of its last epoch. Writes reports/bench/train_overhead.json with `lightning_s`, `plain_s` and
 `ratio` (target <= 1.10). After one warm-up fit of each, the sides run ROUNDS times,
 alternating; the fastest run of each counts.
@@ -57,7 +57,7 @@ def _params(layout: Layout) -> Params:
 def lightning_run(params: Params, arrays: Arrays, meta: PackedMeta) -> float:
     L.seed_everything(params.seed, verbose=False)
     with tempfile.TemporaryDirectory() as scratch:
-        # timed from here: building the module, checkpoint, logger and Trainer is this side's
+        # timed from here: building the module, checkpoints, curves and Trainer is this side's
         # real cost (the plain side's clock likewise starts before its network and optimizer)
         start = time.perf_counter()
         # as the train stage's final fit: train accuracy on un-augmented images after each

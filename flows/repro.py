@@ -27,6 +27,7 @@ from flows.stages import (
     stream,
 )
 from tasks.core.layout import Layout
+from tasks.core.runner import EX_INTERRUPTED
 
 USAGE = """\
 usage: python -m flows.repro [-h] [DVC_REPRO_ARGUMENT ...]    (what `make run` runs)
@@ -38,8 +39,10 @@ run `dvc repro` with the given arguments (stage names, --force, ...), then print
 data source; writes what the stages write (data/, models/, reports/, dvc.lock).
 
 exit codes: 0 success; otherwise the failing step's own code: 1 a mistake in the data or files,
-2 a mistake in params.yaml, 75 a transient error (network, timeout); DVC's own code (255) for a
-failure that is not a stage's. Under `make run`, make itself exits 2 and prints `Error <code>`.
+2 a mistake in params.yaml, 75 a transient error (network, timeout), 130 interrupted by Ctrl-C
+(the stage's own last line says where it resumes), 128+N killed by signal N; DVC's own code (255)
+for a failure that is not a stage's. Under `make run`, make itself exits 2 and prints
+`Error <code>`.
 
 options:
   -h, --help  show this message and exit (nothing is run)
@@ -89,10 +92,15 @@ def repro(arguments: list[str]) -> int:
 
 def main(arguments: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if arguments is None else arguments
-    if arguments[:1] in (["-h"], ["--help"]):
+    if "-h" in arguments or "--help" in arguments:
         print(USAGE, end="")
         return
-    raise SystemExit(repro(arguments))
+    try:
+        code = repro(arguments)
+    except KeyboardInterrupt:  # Ctrl-C before or after dvc repro (during it, stream() waits)
+        print("make run: interrupted (Ctrl-C); run it again to go on", file=sys.stderr)
+        code = EX_INTERRUPTED
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

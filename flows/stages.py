@@ -19,13 +19,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.runner import EX_CONFIG, EX_TEMPFAIL, EX_USER  # torch-free
+from tasks.core.runner import EX_CONFIG, EX_INTERRUPTED, EX_TEMPFAIL, EX_USER  # torch-free
 
 # What each exit code of a stage means (tasks/core/runner.py sets them), for a user's last line.
 EXIT_MEANINGS = {
     EX_USER: "a mistake in the data or files",
     EX_CONFIG: "a mistake in params.yaml",
     EX_TEMPFAIL: "a transient error (network, timeout): try again",
+    EX_INTERRUPTED: "interrupted by Ctrl-C: run it again to resume",
+    128 + 15: "stopped by SIGTERM: run it again to resume",
+    128 + 9: "killed (SIGKILL, perhaps out of memory): run it again to resume",
 }
 
 _STAGE_FAILED = re.compile(r"failed to reproduce '([^']+)': failed to run: .*, exited with (-?\d+)")
@@ -69,7 +72,8 @@ def failure_from_output(
     for line in lines:
         match = _STAGE_FAILED.search(line)
         if match:
-            return StageFailure(match.group(1), int(match.group(2)))
+            code = int(match.group(2))  # DVC says -N for a stage killed by signal N
+            return StageFailure(match.group(1), 128 - code if code < 0 else code)
         if _LOCK_HELD in line:
             return StageFailure(stage, EX_TEMPFAIL, label)
     return StageFailure(stage, exit_code, label)
@@ -177,20 +181,37 @@ def child_environment() -> dict[str, str]:
 
 def stream(command: list[str], cwd: str | Path, on_piece: Callable[[str, bool], None]) -> int:
     """Run `command` in `cwd`, stdout and stderr together, calling `on_piece(text, is_progress)`
-    for each line or progress update as it arrives; returns the exit code."""
+    for each line or progress update as it arrives; returns the exit code.
+
+    Ctrl-C reaches the child too (one foreground process group): the first one is not ours to
+    act on, so reading goes on until the child ends and its last lines (train's `interrupted
+    ... resume` line) are shown; a second one stops the child (SIGTERM)."""
     process = subprocess.Popen(
         command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_environment()
     )
     assert process.stdout is not None
     splitter = LineSplitter()
+    interrupts = 0
     with process.stdout:
         descriptor = process.stdout.fileno()
-        while chunk := os.read(descriptor, 65536):  # returns what is there, without waiting to fill
-            for text, is_progress in splitter.feed(chunk):
-                on_piece(text, is_progress)
+        while True:
+            try:
+                chunk = os.read(descriptor, 65536)  # what is there, without waiting to fill
+                if not chunk:
+                    break
+                for text, is_progress in splitter.feed(chunk):
+                    on_piece(text, is_progress)
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts > 1:
+                    process.terminate()
         for text, is_progress in splitter.feed(b"", final=True):
             on_piece(text, is_progress)
-    return process.wait()
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
 
 
 def dvc_command(*arguments: str) -> list[str]:

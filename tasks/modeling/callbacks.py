@@ -120,7 +120,6 @@ class DvcLiveCurves(L.Callback):
             for metric in METRICS:
                 if row.get(metric) is not None:
                     self.live.log_metric(dvclive_name(metric), float(row[metric]))
-            self.live.make_summary()
         self.written = len(self.history.epochs)
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -149,6 +148,9 @@ class DvcLiveCurves(L.Callback):
         if self.live is not None:
             self._write_new_epochs()
             self.live.end()
+            # dvclive's summary (metrics.json) repeats reports/train.json's last epoch; it is no
+            # DVC output, so `make clean` and the run cache would leave git with a stray file
+            Path(self.live.metrics_file).unlink(missing_ok=True)
             self.live = None
 
 

@@ -87,6 +87,8 @@ def test_a_fresh_run_counts_epochs_from_1_and_logs_each_epoch_once(
     series = dvclive_series(layout)
     assert {"train/acc.tsv", "train/loss.tsv", "val/acc.tsv", "val/loss.tsv"} <= set(series)
     assert all(steps == [1, 2, 3] for steps in series.values()), series
+    # only the series (DVC plots); dvclive's own summary would be a file no stage declares
+    assert sorted(p.name for p in layout.dvclive_dir.iterdir()) == ["plots"]
 
     accuracies = val_accuracies(layout)
     first_best = 1 + accuracies.index(max(accuracies))

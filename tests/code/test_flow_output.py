@@ -120,6 +120,13 @@ def test_outcomes_and_exit_codes_are_read_from_dvcs_own_words() -> None:
     lock = ["ERROR: Unable to acquire lock. Most likely another DVC process is running"]
     assert failure_from_output("split", 255, lock).transient
     assert failure_from_output("split", 255, ["ERROR: unexpected error"]).exit_code == 255
+    # a stage killed by a signal: DVC says -9, the shell's convention is 128 + 9
+    killed = [
+        "ERROR: failed to reproduce 'train': failed to run: python -m tasks.train, exited with -9"
+    ]
+    assert failure_from_output("train", 255, killed).exit_code == 137
+    interrupted = failure_from_output("train", 255, [killed[0].replace("-9", "130")])
+    assert interrupted.describe().endswith("(interrupted by Ctrl-C: run it again to resume)")
 
 
 def test_dvcs_lines_are_remembered_however_long_the_stages_output() -> None:

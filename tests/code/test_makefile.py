@@ -4,8 +4,11 @@ keeps. `make run`'s single accuracy line on a real run is in tests/system/test_p
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -83,3 +86,52 @@ def test_make_clean_removes_every_output_and_keeps_the_cache_and_sources(repo: P
     run(["make", "clean", f"VENV={VENV_BIN.parent}"], repo)
     assert [output for output in outputs if (repo / output).exists()] == []
     assert [path for path in kept if not (repo / path).exists()] == []
+
+
+# a stage that says it is ready, then waits; Ctrl-C makes it say so and exit 130 (as train does)
+_WAITS = (
+    "import sys, time\n"
+    "print('ready', flush=True)\n"
+    "try:\n"
+    "    time.sleep(60)\n"
+    "except KeyboardInterrupt:\n"
+    "    print('slow: interrupted; run it again to resume', file=sys.stderr, flush=True)\n"
+    "    sys.exit(130)\n"
+)
+
+
+def test_ctrl_c_under_make_run_shows_the_stages_last_line_and_exits_130(repo: Path) -> None:
+    """Ctrl-C reaches every process of the terminal's foreground group: DVC ignores it while a
+    stage runs, the stage says it was interrupted, and `flows.repro` must neither die with a
+    traceback nor drop the stage's last line."""
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    (repo / "slow.py").write_text(_WAITS)
+    dvc_yaml["stages"] = {"slow": {"cmd": "python slow.py", "outs": ["never.txt"]}}
+    dvc_yaml.pop("plots", None)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.repro"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:  # until the stage says it is ready
+        lines.append(line)
+        if line.strip() == "ready":
+            break
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
+    lines.extend(process.stdout)
+    output = "".join(lines)
+    assert process.wait(timeout=60) == 130, output
+    assert "Traceback" not in output, output
+    assert "slow: interrupted; run it again to resume" in output
+    assert output.strip().splitlines()[-1] == (
+        "make run: stage 'slow' failed with exit 130 "
+        "(interrupted by Ctrl-C: run it again to resume)"
+    )
