@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.core.errors import shown_values
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
 
@@ -92,12 +93,8 @@ def finish(
     suffix = ".impossible-target" if impossible_requested(argv) else ""
     path = BENCH_DIR / f"{name}{suffix}.json"
     write_json(path, payload)
-    shown = ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in result.items()
-        if not isinstance(v, list | dict)
-    )
-    print(f"{name}: {shown} -> {LAYOUT.relative(path)}")
+    scalars = {k: v for k, v in result.items() if not isinstance(v, list | dict)}
+    print(f"{name}: {shown_values(scalars)} -> {LAYOUT.relative(path)}")
     for check in checks:
         verdict = "meets" if check.passed else "MISSES"
         print(f"{name}: {check.figure} = {check.value:.4g} {verdict} the target {check.target()}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -30,6 +29,7 @@ from tasks.core.layout import Layout
 from tasks.core.runner import stage_main
 from tasks.data.packed import Split, load_split
 from tasks.modeling.artifact import load_model, predict
+from tasks.modeling.checks import class_accuracies
 
 
 def baseline_accuracy(config: EvaluateConfig, seed: int, train: Split, test: Split) -> float:
@@ -58,7 +58,7 @@ def evaluate(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     pd.DataFrame(
         {"actual": [classes[i] for i in test_y], "predicted": [classes[i] for i in predicted]}
     ).to_csv(layout.confusion_file, index=False, lineterminator="\n")
-    per_class = {classes[c]: float((predicted[test_y == c] == c).mean()) for c in np.unique(test_y)}
+    per_class = class_accuracies(predicted, test_y, classes)
     train = load_split("train", layout.packed_dir)
     metrics: dict[str, Any] = {
         "test": {"accuracy": accuracy},

@@ -1,5 +1,6 @@
 """Image files the tests plant in sources: seeded noise, PNG bytes, a file written with its folders,
-the clutter a real folder holds besides its images, and every entry a user would count.
+a grouped CSV manifest, the clutter a real folder holds besides its images, and every entry a user
+would count.
 
 Shared by the tests of code and their end-to-end counterparts (validate, split/augment), so a
 planted image is made the same way everywhere.
@@ -7,7 +8,9 @@ planted image is made the same way everywhere.
 
 from __future__ import annotations
 
+import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,30 @@ def write(path: Path, data: bytes) -> None:
     """Write `data` to `path`, creating its folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def write_grouped_manifest(
+    root: Path,
+    column: str,
+    groups: int,
+    per_group: int,
+    label: Callable[[int, int], str],
+    group_name: Callable[[int], str] = lambda group: f"p{group}",
+) -> tuple[Path, list[dict[str, str]]]:
+    """A CSV manifest source with a group column: `per_group` seeded noise images in a folder per
+    group, `label(group, index)` each image's label. Returns the manifest's path and its rows."""
+    rows = []
+    for group in range(groups):
+        for index in range(per_group):
+            path = f"{group_name(group)}/img_{index}.png"
+            write(root / path, png_bytes(noise(group * 10 + index)))
+            rows.append({"path": path, "label": label(group, index), column: group_name(group)})
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", column])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest, rows
 
 
 def entries_under(root: Path) -> set[str]:

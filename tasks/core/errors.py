@@ -7,7 +7,9 @@ it and exits 1 (2 for a :class:`ConfigError`); anything else is a bug and keeps 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 class UserError(Exception):
@@ -28,6 +30,15 @@ def shown(path: str | Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def shown_values(values: Mapping[str, Any]) -> str:
+    """`{"train.lr": 0.00482, "model.width": 32}` as a message shows it: `train.lr=0.00482,
+    model.width=32` (floats to 4 significant digits)."""
+    return ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in values.items()
+    )
 
 
 def require(*paths: str | Path) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from tasks.core.config import Params, with_overrides
 from tasks.core.config_errors import read_yaml
-from tasks.core.errors import ConfigError, UserError, shown
+from tasks.core.errors import ConfigError, UserError, shown, shown_values
 
 
 def write_best_params(path: Path, values: dict[str, Any], source: str) -> None:
@@ -64,8 +64,4 @@ def tuned_summary(params: Params, tuned: dict[str, Any], path: Path) -> str:
         return "tune.enabled is false: training with params.yaml's values"
     if not tuned:
         return f"no tuned values in {shown(path)}: training with params.yaml's values"
-    values = ", ".join(
-        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in tuned.items()
-    )
-    return f"using the tuned values from {shown(path)}: {values}"
+    return f"using the tuned values from {shown(path)}: {shown_values(tuned)}"

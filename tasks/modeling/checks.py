@@ -80,6 +80,13 @@ def invariance(
     )
 
 
+def class_accuracies(
+    predicted: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> dict[str, float]:
+    """Each class present in `labels`: the share of its images predicted as it (its recall)."""
+    return {classes[c]: float((predicted[labels == c] == c).mean()) for c in np.unique(labels)}
+
+
 def per_class_accuracy(
     network: nn.Module,
     preprocessing: Preprocessing,
@@ -90,7 +97,7 @@ def per_class_accuracy(
 ) -> CheckResult:
     """The lowest accuracy of any class present in `labels`."""
     predicted = predict(network, preprocessing, images).argmax(axis=1)
-    accuracy = {classes[c]: float((predicted[labels == c] == c).mean()) for c in np.unique(labels)}
+    accuracy = class_accuracies(predicted, labels, classes)
     worst_class = min(accuracy, key=accuracy.get)
     worst = accuracy[worst_class]
     return CheckResult(

@@ -11,13 +11,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-
-def _values(config: dict[str, Any], keys: list[str]) -> str:
-    shown = []
-    for key in keys:
-        value = config.get(key)
-        shown.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    return ", ".join(shown)
+from tasks.core.errors import shown_values
 
 
 class TrialLines(Callback):
@@ -34,11 +28,8 @@ class TrialLines(Callback):
         return self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
 
     def _say(self, trial: Any, text: str) -> None:
-        print(
-            f"tune: trial {self._number(trial)}/{self.total} ({_values(trial.config, self.keys)}) "
-            f"{text}",
-            flush=True,
-        )
+        values = shown_values({key: trial.config.get(key) for key in self.keys})
+        print(f"tune: trial {self._number(trial)}/{self.total} ({values}) {text}", flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._number(trial)

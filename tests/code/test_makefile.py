@@ -21,15 +21,21 @@ def _make_run(repo: Path) -> subprocess.CompletedProcess[str]:
     return run(["make", "-o", "setup", "run", f"VENV={VENV_BIN.parent}"], repo, check=False)
 
 
+def _one_stage_pipeline(repo: Path, name: str, script: str) -> None:
+    """Replace the repo copy's pipeline by one stage `name` running `script` (never.txt: an
+    output it never writes)."""
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    (repo / f"{name}.py").write_text(script)
+    dvc_yaml["stages"] = {name: {"cmd": f"python {name}.py", "outs": ["never.txt"]}}
+    dvc_yaml.pop("plots", None)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+
+
 def test_make_run_exits_with_a_failing_stages_code(repo: Path) -> None:
     """A real `dvc repro` of a stage that exits 2: DVC exits 255, `python -m flows.repro` exits
     2 and says so; make (which exits 2 for any failed recipe) shows `Error 2`."""
-    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
     fails = "import sys\nprint('error: broken.key: wrong', file=sys.stderr)\nsys.exit(2)\n"
-    (repo / "broken.py").write_text(fails)
-    dvc_yaml["stages"] = {"broken": {"cmd": "python broken.py", "outs": ["never.txt"]}}
-    dvc_yaml.pop("plots", None)
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    _one_stage_pipeline(repo, "broken", fails)
 
     assert run(["dvc", "repro"], repo, check=False).returncode == 255  # why the wrapper exists
     direct = run(["python", "-m", "flows.repro"], repo, check=False)
@@ -104,11 +110,7 @@ def test_ctrl_c_under_make_run_shows_the_stages_last_line_and_exits_130(repo: Pa
     """Ctrl-C reaches every process of the terminal's foreground group: DVC ignores it while a
     stage runs, the stage says it was interrupted, and `flows.repro` must neither die with a
     traceback nor drop the stage's last line."""
-    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
-    (repo / "slow.py").write_text(_WAITS)
-    dvc_yaml["stages"] = {"slow": {"cmd": "python slow.py", "outs": ["never.txt"]}}
-    dvc_yaml.pop("plots", None)
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    _one_stage_pipeline(repo, "slow", _WAITS)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.repro"],

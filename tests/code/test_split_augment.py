@@ -21,7 +21,7 @@ from tasks.core.layout import Layout
 from tasks.data.augmentation import BatchAugment, augment_uint8
 from tasks.data.packed import PackedMeta
 from tasks.data.splitting import SplitError, assign_splits
-from tests.images import noise, png_bytes
+from tests.images import noise, png_bytes, write_grouped_manifest
 from tests.stages import PER_CLASS, read_split, run_stages
 
 
@@ -80,16 +80,15 @@ def test_cv_folds_cover_train_and_val_stratified(first_run: Path) -> None:
 
 
 def test_a_group_never_spans_two_splits(tmp_path: Path) -> None:
-    root = tmp_path / "subjects"
-    rows = []
-    for subject in range(30):
-        for index in range(6):
-            path = f"s{subject:02d}/img_{index}.png"
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(png_bytes(noise(subject * 10 + index)))
-            rows.append({"path": path, "label": f"c{index % 3}", "subject": f"subj{subject:02d}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    source = str(root / "manifest.csv")
+    manifest, rows = write_grouped_manifest(
+        tmp_path / "subjects",
+        "subject",
+        30,
+        6,
+        lambda _, index: f"c{index % 3}",
+        group_name=lambda subject: f"subj{subject:02d}",
+    )
+    source = str(manifest)
 
     work = tmp_path / "work"
     overrides = {"data": {"source": source, "group_column": "subject"}}

@@ -18,7 +18,7 @@ from tasks.core.config import DataConfig
 from tasks.core.layout import Layout
 from tasks.data.splitting import SplitError, assign_folds, assign_splits
 from tests.conftest import REPO_ROOT, run
-from tests.images import noise, png_bytes
+from tests.images import write_grouped_manifest
 from tests.stages import read_split, run_stages
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -183,17 +183,11 @@ def test_grouped_cv_folds_count_groups_not_images() -> None:
 
 def test_the_split_stage_stops_with_one_line_for_groups_of_one_label(tmp_path: Path) -> None:
     """The new user's case: 8 patients, 2 per diagnosis; today's test would hold one class."""
-    root = tmp_path / "patients"
-    rows = []
-    for patient in range(8):
-        for index in range(6):
-            path = f"p{patient}/img_{index}.png"
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(png_bytes(noise(patient * 10 + index)))
-            rows.append({"path": path, "label": f"d{patient % 4}", "patient": f"p{patient}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    manifest, _ = write_grouped_manifest(
+        tmp_path / "patients", "patient", 8, 6, lambda patient, _: f"d{patient % 4}"
+    )
     work = tmp_path / "work"
-    overrides = {"data": {"source": str(root / "manifest.csv"), "group_column": "patient"}}
+    overrides = {"data": {"source": str(manifest), "group_column": "patient"}}
     run_stages(work, overrides, stages=("ingest", "validate"))
 
     result = run(
@@ -211,17 +205,11 @@ def test_the_split_stage_stops_with_one_line_for_groups_of_one_label(tmp_path: P
 
 def test_the_split_stage_passes_when_every_class_reaches_every_split(tmp_path: Path) -> None:
     """Control for the case above: 24 patients, 6 per diagnosis, split as configured."""
-    root = tmp_path / "patients"
-    rows = []
-    for patient in range(24):
-        for index in range(3):
-            path = f"p{patient}/img_{index}.png"
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(png_bytes(noise(patient * 10 + index)))
-            rows.append({"path": path, "label": f"d{patient % 4}", "patient": f"p{patient}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    manifest, _ = write_grouped_manifest(
+        tmp_path / "patients", "patient", 24, 3, lambda patient, _: f"d{patient % 4}"
+    )
     work = tmp_path / "work"
-    overrides = {"data": {"source": str(root / "manifest.csv"), "group_column": "patient"}}
+    overrides = {"data": {"source": str(manifest), "group_column": "patient"}}
     run_stages(work, overrides, stages=("ingest", "validate", "split"))
     split = read_split(work)
     assert classes_short_of(split, split["split"], 1) == {}
