@@ -13,9 +13,12 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +182,30 @@ def child_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+@contextmanager
+def _ctrl_c_counted(on_second: Callable[[], object]) -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) raises nothing here: a KeyboardInterrupt between `os.read`
+    returning and its bytes being used would lose them. The first is left to the child (Ctrl-C
+    reaches the whole foreground process group); a second calls `on_second`. Only the main
+    thread can set a handler (a Prefect task runs in a worker thread: SIGINT never lands there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def count_it(signum: int, frame: object) -> None:
+        nonlocal count
+        count += 1
+        if count > 1:
+            on_second()
+
+    previous = signal.signal(signal.SIGINT, count_it)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def stream(command: list[str], cwd: str | Path, on_piece: Callable[[str, bool], None]) -> int:
     """Run `command` in `cwd`, stdout and stderr together, calling `on_piece(text, is_progress)`
     for each line or progress update as it arrives; returns the exit code.
@@ -191,27 +218,14 @@ def stream(command: list[str], cwd: str | Path, on_piece: Callable[[str, bool], 
     )
     assert process.stdout is not None
     splitter = LineSplitter()
-    interrupts = 0
-    with process.stdout:
+    with _ctrl_c_counted(process.terminate), process.stdout:
         descriptor = process.stdout.fileno()
-        while True:
-            try:
-                chunk = os.read(descriptor, 65536)  # what is there, without waiting to fill
-                if not chunk:
-                    break
-                for text, is_progress in splitter.feed(chunk):
-                    on_piece(text, is_progress)
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts > 1:
-                    process.terminate()
+        while chunk := os.read(descriptor, 65536):  # returns what is there, without waiting to fill
+            for text, is_progress in splitter.feed(chunk):
+                on_piece(text, is_progress)
         for text, is_progress in splitter.feed(b"", final=True):
             on_piece(text, is_progress)
-    while True:
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
+        return process.wait()
 
 
 def dvc_command(*arguments: str) -> list[str]:
