@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test test-fast lint format bench bench-selftest flow exps clean lock
+.PHONY: help setup test-tools run report registry test test-fast lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,13 +33,26 @@ setup: ## create .venv from requirements.lock (skipped when the lock is unchange
 		echo "$$want" > $(STAMP) && echo "setup: done"; \
 	fi
 
+test-tools: ## install the Debian tools the tests need when missing (chromium: the HTML report's browser test)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "test-tools: installing chromium (apt-get; needs root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && \
+		echo "test-tools: chromium installed"; \
+	fi
+
 run: setup ## set up, then run the pipeline (dvc repro); ends with the accuracy line or the failing stage's exit code
 	@$(PYTHON) -m flows.repro
 
-test: setup ## set up, then run the full test suite (slow tests included, gpu tests skipped without a GPU)
+report: setup ## bring the pipeline up to date and say where its HTML report is (reports/index.html)
+	@$(PYTHON) -m flows.repro report && echo "report: open $(abspath reports/index.html) in a browser (works offline)"
+
+registry: setup ## list the model registry: every candidate, its metrics and decision, the champion
+	@$(PYTHON) -m tasks.registry
+
+test: setup test-tools ## set up, then run the full test suite (slow tests included, gpu tests skipped without a GPU)
 	@$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup ## the test suite without the slow end-to-end tests
+test-fast: setup test-tools ## the test suite without the slow end-to-end tests
 	@$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff check + ruff format --check
@@ -74,7 +87,8 @@ lock: ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	/tmp/sixfold-lock/bin/pip install --quiet ".[dev]" && \
 	{ head -2 $(LOCK); /tmp/sixfold-lock/bin/pip freeze --exclude sixfold; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
-clean: ## remove the pipeline's outputs (data/, models/, reports/); keeps .venv and DVC's cache, so the next run restores every stage from it
+clean: ## remove the pipeline's outputs (data/, models/, reports/) but the model registry; keeps .venv and DVC's cache, so the next run restores every stage from it
 	@rm -rf data/raw data/validated data/quarantine data/splits data/packed data/augmented \
-		models/*.safetensors models/*.json models/checkpoints models/tune \
-		reports/*.json reports/plots reports/data reports/augment reports/tune reports/dvclive
+		models/*.safetensors models/*.json models/checkpoints models/tune models/onnx \
+		reports/*.json reports/*.html reports/plots reports/data reports/augment reports/tune \
+		reports/dvclive reports/explain

@@ -14,6 +14,7 @@ in this module's last line and in make's ``Error <code>`` line. Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ from flows.stages import (
     python_command,
     stream,
 )
+from tasks.core.io import read_json
 from tasks.core.layout import Layout
 from tasks.core.runner import EX_INTERRUPTED
 
@@ -35,8 +37,9 @@ usage: python -m flows.repro [-h] [DVC_REPRO_ARGUMENT ...]    (what `make run` r
 Bring the pipeline up to date in the repository of the working directory: check params.yaml
 (python -m tasks.core.config), refresh the data source's fingerprint (python -m tasks.source),
 run `dvc repro` with the given arguments (stage names, --force, ...), then print the one line
-`test accuracy ... | baseline ...` from reports/metrics.json. Reads params.yaml, dvc.yaml and the
-data source; writes what the stages write (data/, models/, reports/, dvc.lock).
+`test accuracy ... | baseline ...` from reports/metrics.json and one line with the promotion
+gate's decision, the served model format and the HTML report's path. Reads params.yaml, dvc.yaml
+and the data source; writes what the stages write (data/, models/, reports/, dvc.lock).
 
 exit codes: 0 success; otherwise the failing step's own code: 1 a mistake in the data or files,
 2 a mistake in params.yaml, 75 a transient error (network, timeout), 130 interrupted by Ctrl-C
@@ -86,8 +89,35 @@ def repro(arguments: list[str]) -> int:
         return _say_failure(failure)
     if not accuracy_shown and layout.metrics_file.exists():  # evaluate was up to date or restored
         show = python_command("-m", "tasks.evaluate", "--show")
-        return subprocess.run(show, cwd=layout.root, env=child_environment()).returncode
+        code = subprocess.run(show, cwd=layout.root, env=child_environment()).returncode
+        if code != 0:
+            return code
+    line = release_line(layout)
+    if line:
+        print(line, flush=True)
     return 0
+
+
+def release_line(layout: Layout) -> str | None:
+    """One line: the gate's decision, the champion, what is served and where the report is
+    (from reports/gate.json and reports/compress.json); None before the gate has run."""
+    try:
+        gate = read_json(layout.gate_report)
+    except (OSError, ValueError):
+        return None
+    candidate = (gate.get("candidate") or {}).get("id", "?")
+    champion = (gate.get("champion") or {}).get("id")
+    if gate.get("decision") == "promoted":
+        line = f"gate: {candidate} is the champion"
+    else:
+        reason = (gate.get("reasons") or ["no reason recorded"])[0]
+        stays = f"; the champion stays {champion}" if champion else "; there is no champion"
+        line = f"gate: rejected {candidate} ({reason}){stays}"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        line += f" | served as {read_json(layout.compress_report)['served']}"
+    if layout.html_report.exists():
+        line += f" | report: {layout.relative(layout.html_report)}"
+    return line
 
 
 def main(arguments: list[str] | None = None) -> None:

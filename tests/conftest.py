@@ -29,6 +29,8 @@ SHRUNK = {
     "model": {"width": 8},
     "augment": {"copies": 1},
     "tune": {"num_samples": 2, "max_epochs": 2, "grace_period": 1},
+    "explain": {"per_class": 1, "lime_samples": 50, "ig_steps": 16, "sanity_samples": 16},
+    "compress": {"latency_repeats": 3, "calibration_images": 32},
 }
 
 

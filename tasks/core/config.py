@@ -20,6 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.config_errors import DuplicateKey, describe, read_yaml
+from tasks.core.config_release import (
+    CompressConfig,
+    EvaluateConfig,
+    ExplainConfig,
+    GateConfig,
+)
 from tasks.core.errors import ConfigError, shown
 from tasks.core.layout import Layout
 from tasks.core.runner import print_help, usage_error, wants_help
@@ -218,21 +224,6 @@ class TuneSettings(Section):
         return self
 
 
-class EvaluateConfig(Section):
-    baseline: Literal["logistic_regression", "svc"] = "logistic_regression"
-    baseline_c: dict[Literal["logistic_regression", "svc"], float] = Field(
-        default_factory=lambda: {"logistic_regression": 1.0, "svc": 10.0}
-    )
-    baseline_max_iter: int = Field(3000, ge=1)
-
-    @model_validator(mode="after")
-    def _positive_c(self) -> EvaluateConfig:
-        for name, value in self.baseline_c.items():
-            if not value > 0:
-                raise ValueError(f"evaluate.baseline_c.{name} must be > 0, got {value}")
-        return self
-
-
 class Params(Section):
     seed: int = Field(42, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -241,6 +232,9 @@ class Params(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneSettings = Field(default_factory=TuneSettings)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
     def _search_space_fits(self) -> Params:

@@ -170,6 +170,38 @@ class Layout:
     def confusion_file(self) -> Path:
         return self.reports_dir / "plots" / "confusion.csv"
 
+    @property
+    def evaluation_plots(self) -> Path:
+        """confusion.png and reliability.png (the confusion matrix's DVC plot is confusion.csv)."""
+        return self.reports_dir / "plots"
+
+    @property
+    def explain_reports(self) -> Path:
+        """<method>.png attribution grids and summary.json (the randomization check)."""
+        return self.reports_dir / "explain"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """model.onnx (fp32) and model.int8.onnx: the network with the shared preprocessing."""
+        return self.models_dir / "onnx"
+
+    @property
+    def compress_report(self) -> Path:
+        return self.reports_dir / "compress.json"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The champion registry: registry.json and one folder of files per candidate."""
+        return self.models_dir / "registry"
+
+    @property
+    def gate_report(self) -> Path:
+        return self.reports_dir / "gate.json"
+
+    @property
+    def html_report(self) -> Path:
+        return self.reports_dir / "index.html"
+
     def relative(self, path: Path) -> Path:
         """`path` relative to the root when it is inside it (for messages), else as it is."""
         try:

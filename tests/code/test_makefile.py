@@ -67,24 +67,35 @@ def test_make_run_stops_at_a_params_mistake_with_its_code(repo: Path) -> None:
     assert not (repo / "dvc.lock").exists()
 
 
-def _declared_outputs(dvc_yaml: dict) -> list[str]:
-    """Every path dvc.yaml declares as a stage's output, metric or plot."""
+def _declared_outputs(dvc_yaml: dict, persistent: bool) -> list[str]:
+    """Every path dvc.yaml declares as a stage's output, metric or plot: the `persist: true` ones
+    (a stage's own memory, such as the model registry) when `persistent`, else all the others."""
     paths = []
     for stage in dvc_yaml["stages"].values():
         for section in ("outs", "metrics", "plots"):
             for entry in stage.get(section, []):
-                paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+                path, options = (
+                    next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+                )
+                if bool((options or {}).get("persist")) == persistent:
+                    paths.append(path)
     return paths
 
 
-def test_make_clean_removes_every_output_and_keeps_the_cache_and_sources(repo: Path) -> None:
-    outputs = _declared_outputs(yaml.safe_load((repo / "dvc.yaml").read_text()))
+def test_make_clean_removes_every_output_and_keeps_the_cache_sources_and_registry(
+    repo: Path,
+) -> None:
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    outputs = _declared_outputs(dvc_yaml, persistent=False)
+    persistent = _declared_outputs(dvc_yaml, persistent=True)
     assert "models/model.safetensors" in outputs and "reports/metrics.json" in outputs
-    for output in outputs:  # a file where a file is declared, a folder with a file in it else
+    assert persistent == ["models/registry"]
+    for output in outputs + persistent:  # a file where a file is declared, a folder with a file
         path = repo / output / "part" if not Path(output).suffix else repo / output
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("made by the pipeline")
     kept = [".dvc/cache/files/md5/ab/cdef", "data/source.json", "params.yaml", "dvc.yaml"]
+    kept.append("models/registry/part")  # the registry is the gate's memory: `make clean` keeps it
     (repo / kept[0]).parent.mkdir(parents=True, exist_ok=True)
     (repo / kept[0]).write_text("cached")
     (repo / "data" / "source.json").write_text("{}")

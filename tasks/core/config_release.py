@@ -1,0 +1,70 @@
+"""Typed settings of the stages after training: evaluate, explain, compress and the promotion gate.
+
+Kept apart from `tasks/core/config.py` (which holds the sections that shape the data, the model
+and its training) so each module stays short; `Params` in `config.py` holds both. The same rules
+apply: unknown keys, wrong types and out-of-range values stop the run with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ExplainMethod = Literal["integrated_gradients", "gradient_shap", "lime"]
+# every method runs: each one's grid is a declared output of the explain stage (dvc.yaml)
+EXPLAIN_METHODS: tuple[ExplainMethod, ...] = ("integrated_gradients", "gradient_shap", "lime")
+
+
+class ReleaseSection(BaseModel):
+    """Base for these sections: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class EvaluateConfig(ReleaseSection):
+    baseline: Literal["logistic_regression", "svc"] = "logistic_regression"
+    baseline_c: dict[Literal["logistic_regression", "svc"], float] = Field(
+        default_factory=lambda: {"logistic_regression": 1.0, "svc": 10.0}
+    )
+    baseline_max_iter: int = Field(3000, ge=1)
+    bootstrap_samples: int = Field(2000, ge=100, le=100_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    calibration_bins: int = Field(10, ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _positive_c(self) -> EvaluateConfig:
+        for name, value in self.baseline_c.items():
+            if not value > 0:
+                raise ValueError(f"evaluate.baseline_c.{name} must be > 0, got {value}")
+        return self
+
+
+class ExplainConfig(ReleaseSection):
+    per_class: int = Field(2, ge=0, le=50)
+    max_misclassified: int = Field(40, ge=0, le=1000)
+    ig_steps: int = Field(32, ge=2, le=1000)
+    internal_batch_size: int = Field(64, ge=1)
+    shap_samples: int = Field(16, ge=1, le=1000)
+    lime_samples: int = Field(200, ge=10, le=10_000)
+    lime_grid: int = Field(8, ge=2, le=64)
+    sanity_samples: int = Field(32, ge=2, le=1000)
+    sanity_max_correlation: float = Field(0.7, gt=-1, lt=1)
+
+
+class CompressConfig(ReleaseSection):
+    calibration_images: int = Field(128, ge=1, le=100_000)
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
+    threads: int | None = Field(None, ge=1)
+    latency_repeats: int = Field(30, ge=1, le=10_000)
+    atol: float = Field(1e-4, gt=0)
+
+
+class GateConfig(ReleaseSection):
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+    max_regression: float = Field(0.01, ge=0, le=1)
+    bootstrap_samples: int = Field(2000, ge=100, le=100_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    min_class_accuracy: float = Field(0.85, ge=0, le=1)
+    min_invariance: float = Field(0.9, ge=0, le=1)
+    require_beats_baseline: bool = True

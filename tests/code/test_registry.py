@@ -1,0 +1,246 @@
+"""The model registry and the promotion gate, on tiny models made here (no training).
+
+A synthetic repository: a random 8 px test split whose labels are what model A predicts, so A
+scores 1.0 and a freshly initialised model B scores about chance; the real promote function
+runs on it in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.core.config import Params, load_params, with_overrides
+from tasks.core.errors import MissingInput, UserError
+from tasks.core.io import write_json
+from tasks.core.layout import Layout
+from tasks.data.packed import PackedMeta
+from tasks.modeling.artifact import ModelCard, Normalization, load_model, predict, save_model
+from tasks.promote import promote
+from tasks.registry.__main__ import table
+from tasks.registry.gate import accuracy_rule, decide, regression_rule
+from tasks.registry.store import (
+    RegistryError,
+    champion,
+    integrity_problems,
+    load_registry,
+    load_test_set,
+    record_decision,
+    save_test_set,
+)
+from tests.conftest import REPO_ROOT
+
+CLASSES = ["a", "b", "c"]
+# everything but the comparison with the champion is switched off: the tiny models are untrained
+LENIENT = {
+    "gate.min_accuracy": 0.0,
+    "gate.min_invariance": 0.0,
+    "gate.min_class_accuracy": 0.0,
+    "gate.require_beats_baseline": False,
+    "gate.bootstrap_samples": 200,
+}
+
+
+def gate_params(**overrides: float | bool) -> Params:
+    return with_overrides(load_params(REPO_ROOT / "params.yaml"), {**LENIENT, **overrides})
+
+
+def write_model(layout: Layout, seed: int) -> None:
+    """A freshly initialised width-4 CNN for 1x8x8 images, and its card, into models/."""
+    card = ModelCard.create(
+        arch="cnn",
+        width=4,
+        dropout=0.0,
+        classes=CLASSES,
+        image_size=8,
+        channels=1,
+        normalization=Normalization(mean=[0.5], std=[0.25]),
+        params_fingerprint=f"params-{seed}",
+    )
+    torch.manual_seed(seed)
+    save_model(card.build_network(), card, layout.models_dir)
+
+
+def write_reports(layout: Layout) -> None:
+    """metrics.json (the model's real test accuracy) and compress.json, as upstream writes them."""
+    network, card = load_model(layout.models_dir)
+    images, labels = (
+        np.load(layout.packed_dir / "test_x.npy"),
+        np.load(layout.packed_dir / "test_y.npy"),
+    )
+    accuracy = float((predict(network, card.preprocessing(), images).argmax(1) == labels).mean())
+    write_json(
+        layout.metrics_file,
+        {"test": {"accuracy": accuracy}, "baseline": {"name": "lr", "accuracy": 0.0}},
+    )
+    write_json(layout.compress_report, {"models": {}, "served": "onnx_int8", "reason": "test"})
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    """A repository holding model A (seed 0), a test split labelled by A, ONNX stand-ins."""
+    layout = Layout(tmp_path)
+    layout.params_file.write_text((REPO_ROOT / "params.yaml").read_text())
+    layout.packed_dir.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(60, 1, 8, 8), dtype=np.uint8)
+    write_model(layout, seed=0)
+    network, card = load_model(layout.models_dir)
+    labels = predict(network, card.preprocessing(), images).argmax(1)
+    np.save(layout.packed_dir / "test_x.npy", images)
+    np.save(layout.packed_dir / "test_y.npy", labels)
+    PackedMeta.create(
+        classes=CLASSES,
+        image_size=8,
+        channels=1,
+        mean=[0.5],
+        std=[0.25],
+        counts={"test": 60},
+        near_duplicate_pairs_across_splits=0,
+    ).save(layout.packed_meta)
+    layout.onnx_dir.mkdir(parents=True)
+    (layout.onnx_dir / "model.onnx").write_bytes(b"fp32 stand-in")
+    (layout.onnx_dir / "model.int8.onnx").write_bytes(b"int8 stand-in")
+    write_reports(layout)
+    return layout
+
+
+def registry_bytes(layout: Layout) -> bytes:
+    return (layout.registry_dir / "registry.json").read_bytes()
+
+
+def test_the_first_model_becomes_champion_with_its_files_and_checksums(layout: Layout) -> None:
+    report = promote(gate_params(), layout)
+    assert report.decision == "promoted" and report.previous_champion is None
+    assert any("no champion yet" in reason for reason in report.reasons)
+    files = champion(layout.registry_dir)
+    entry = files.entry
+    assert entry.status == "champion" and entry.parent is None and entry.accuracy == 1.0
+    assert files.served_onnx == files.folder / "onnx" / "model.int8.onnx"
+    assert (
+        files.weights.is_absolute()
+        and files.card.read_bytes() == (layout.models_dir / "model.json").read_bytes()
+    )
+    digest = hashlib.sha256(files.weights.read_bytes()).hexdigest()
+    assert entry.files["model.safetensors"].sha256 == digest
+    images, labels = load_test_set(files.test_set)
+    assert np.array_equal(images, np.load(layout.packed_dir / "test_x.npy")) and len(labels) == 60
+    assert integrity_problems(layout.registry_dir) == []
+    gate = json.loads(layout.gate_report.read_text())
+    assert set(gate) == {
+        "decision", "reasons", "candidate", "champion", "previous_champion", "rules"
+    }  # fmt: skip
+    assert gate["champion"]["id"] == gate["candidate"]["id"] == entry.id
+    assert "*" in table(load_registry(layout.registry_dir)).splitlines()[1]
+
+
+def test_rerunning_on_the_champion_changes_nothing(layout: Layout) -> None:
+    first = promote(gate_params(), layout)
+    before = registry_bytes(layout)
+    again = promote(gate_params(), layout)
+    gate_once = layout.gate_report.read_bytes()
+    promote(gate_params(), layout)
+    assert again.decision == "promoted" and again.reasons[0].startswith("already the champion")
+    assert registry_bytes(layout) == before and layout.gate_report.read_bytes() == gate_once
+    registry = load_registry(layout.registry_dir)
+    assert [c.id for c in registry.candidates] == [first.candidate.id]
+    assert [e.kind for e in registry.events] == ["registered", "promoted"]
+
+
+def test_a_worse_candidate_is_rejected_and_the_champion_kept(layout: Layout) -> None:
+    champion_id = promote(gate_params(), layout).candidate.id
+    write_model(layout, seed=1)  # untrained: about chance on labels that are A's predictions
+    write_reports(layout)
+    report = promote(gate_params(**{"gate.max_regression": 0.05}), layout)
+    assert report.decision == "rejected"
+    assert report.reasons[0].startswith(f"worse than champion {champion_id}")
+    assert "accuracy difference -" in report.reasons[0]
+    registry = load_registry(layout.registry_dir)
+    assert registry.champion == champion_id and report.champion.id == champion_id
+    rejected = registry.entry(report.candidate.id)
+    assert rejected.status == "rejected" and rejected.parent == champion_id
+    # the same decision again: nothing recorded twice
+    before = registry_bytes(layout)
+    promote(gate_params(**{"gate.max_regression": 0.05}), layout)
+    assert registry_bytes(layout) == before
+    assert integrity_problems(layout.registry_dir) == []
+
+
+def test_a_rejected_candidate_is_judged_again_and_can_win(layout: Layout) -> None:
+    first = promote(gate_params(), layout).candidate.id
+    write_model(layout, seed=1)
+    write_reports(layout)
+    second = promote(gate_params(**{"gate.max_regression": 0.05}), layout).candidate.id
+    # the gate is relaxed to allow any regression: the same candidate now replaces the champion
+    report = promote(gate_params(**{"gate.max_regression": 1.0}), layout)
+    assert report.decision == "promoted" and report.previous_champion.id == first
+    registry = load_registry(layout.registry_dir)
+    assert registry.champion == second and len(registry.candidates) == 2
+    assert registry.entry(first).status == "retired"
+    assert [e.kind for e in registry.events] == [
+        "registered", "promoted", "registered", "rejected", "retired", "promoted"
+    ]  # fmt: skip
+    assert integrity_problems(layout.registry_dir) == []
+
+
+def test_a_changed_or_missing_file_is_found(layout: Layout) -> None:
+    promote(gate_params(), layout)
+    files = champion(layout.registry_dir)
+    files.served_onnx.write_bytes(b"tampered")
+    (files.folder / "test.npz").unlink()
+    problems = integrity_problems(layout.registry_dir)
+    assert any("onnx/model.int8.onnx changed" in p for p in problems)
+    assert any("test.npz is missing" in p for p in problems)
+    with pytest.raises(RegistryError, match=r"champion .*model\.int8\.onnx changed"):
+        champion(layout.registry_dir)
+    with pytest.raises(RegistryError):
+        promote(gate_params(), layout)  # the stage will not compare against a damaged champion
+
+
+def test_missing_inputs_and_stale_metrics_stop_the_stage(layout: Layout) -> None:
+    layout.compress_report.unlink()
+    with pytest.raises(MissingInput, match=r"compress\.json is missing"):
+        promote(gate_params(), layout)
+    write_reports(layout)
+    write_model(layout, seed=1)  # metrics.json is still model A's
+    with pytest.raises(UserError, match=r"says test accuracy 1\.0000, but the model"):
+        promote(gate_params(), layout)
+    with pytest.raises(MissingInput, match="no champion yet"):
+        champion(layout.registry_dir)
+
+
+def test_the_test_set_file_is_byte_stable(tmp_path: Path) -> None:
+    images = np.arange(2 * 1 * 4 * 4, dtype=np.uint8).reshape(2, 1, 4, 4)
+    labels = np.array([0, 1])
+    save_test_set(tmp_path / "a.npz", images, labels)
+    save_test_set(tmp_path / "b.npz", images, labels)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded_images, loaded_labels = load_test_set(tmp_path / "a.npz")
+    assert np.array_equal(loaded_images, images) and np.array_equal(loaded_labels, labels)
+
+
+def test_the_regression_rule_is_a_non_inferiority_test() -> None:
+    gate = gate_params(**{"gate.max_regression": 0.01}).gate
+    champion_correct = np.ones(500, dtype=bool)
+    same = regression_rule(champion_correct, champion_correct, "abc", gate, seed=0)
+    assert same.passed and "difference +0.0000" in same.reason
+    worse = champion_correct.copy()
+    worse[:25] = False  # 5 points worse, far beyond the 1-point margin
+    rule = regression_rule(worse, champion_correct, "abc", gate, seed=0)
+    assert not rule.passed and "difference -0.0500" in rule.reason and "1.000 of 200" in rule.reason
+    slightly = champion_correct.copy()
+    slightly[:2] = False  # 0.4 points worse: within the 1-point margin with 95 % confidence
+    assert regression_rule(slightly, champion_correct, "abc", gate, seed=0).passed
+    passed, reasons = decide([accuracy_rule(worse, 0.9), rule])
+    assert not passed and reasons[0] == rule.reason
+
+
+def test_the_same_decision_leaves_the_registry_object_unchanged(layout: Layout) -> None:
+    promote(gate_params(), layout)
+    registry = load_registry(layout.registry_dir)
+    entry = registry.champion_entry()
+    assert record_decision(registry, entry, True, entry.reasons, "later") is registry
