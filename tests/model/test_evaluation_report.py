@@ -63,7 +63,9 @@ def test_the_details_add_up(trained_repo: Path) -> None:
     assert sum(scores["support"] for scores in test["per_class"].values()) == test["n"]
     assert len(test["reliability"]) == params.evaluate.calibration_bins
     assert sum(one_bin["count"] for one_bin in test["reliability"]) == test["n"]
+    all_right = test["accuracy"] == 1.0  # then the exact binomial interval, not the bootstrap
     assert test["bootstrap"] == {
+        "method": "clopper-pearson" if all_right else "bootstrap",
         "samples": params.evaluate.bootstrap_samples,
         "confidence": params.evaluate.confidence,
         "seed": params.seed,
