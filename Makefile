@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup test-tools run report registry test test-fast lint format bench bench-selftest flow exps clean lock
+.PHONY: help setup test-tools bench-tools run report registry serve test test-fast lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,11 +40,22 @@ test-tools: ## install the Debian tools the tests need when missing (chromium: t
 		echo "test-tools: chromium installed"; \
 	fi
 
+bench-tools: ## install the Debian tools the benchmarks need when missing (hey: the serve_load HTTP load generator)
+	@if ! command -v hey >/dev/null 2>&1; then \
+		echo "bench-tools: installing hey (apt-get; needs root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null && \
+		echo "bench-tools: hey installed"; \
+	fi
+
 run: setup ## set up, then run the pipeline (dvc repro); ends with the accuracy line or the failing stage's exit code
 	@$(PYTHON) -m flows.repro
 
 report: setup ## bring the pipeline up to date and say where its HTML report is (reports/index.html)
 	@$(PYTHON) -m flows.repro report && echo "report: open $(abspath reports/index.html) in a browser (works offline)"
+
+serve: setup ## serve the champion over HTTP with BentoML on serve.host:serve.port (127.0.0.1:3000; run `make run` first)
+	@test -d models/bentoml/models/sixfold-classifier || { echo "make serve: no packaged champion in models/bentoml; run make run first" >&2; exit 1; }
+	@BENTOML_HOME=$(abspath models/bentoml) $(VENV)/bin/bentoml serve deploy.service:Classifier
 
 registry: setup ## list the model registry: every candidate, its metrics and decision, the champion
 	@$(PYTHON) -m tasks.registry
@@ -63,7 +74,7 @@ format: setup ## apply ruff's fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: run ## bring the pipeline up to date, run every benchmark, print the table of verdicts (fails if a target is missed)
+bench: run bench-tools ## bring the pipeline up to date, run every benchmark, print the table of verdicts (fails if a target is missed)
 	@status=0; for bench in benchmarks/*.py; do \
 		name=$$(basename $$bench .py); case $$name in __init__|common|summary) continue;; esac; \
 		echo "== benchmark $$name"; $(PYTHON) -m benchmarks.$$name || status=1; \
@@ -89,6 +100,6 @@ lock: ## regenerate requirements.lock from pyproject.toml in a scratch venv
 
 clean: ## remove the pipeline's outputs (data/, models/, reports/) but the model registry; keeps .venv and DVC's cache, so the next run restores every stage from it
 	@rm -rf data/raw data/validated data/quarantine data/splits data/packed data/augmented \
-		models/*.safetensors models/*.json models/checkpoints models/tune models/onnx \
+		models/*.safetensors models/*.json models/checkpoints models/tune models/onnx models/bentoml \
 		reports/*.json reports/*.html reports/plots reports/data reports/augment reports/tune \
 		reports/dvclive reports/explain

@@ -115,6 +115,9 @@ def release_line(layout: Layout) -> str | None:
         line = f"gate: rejected {candidate} ({reason}){stays}"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         line += f" | served as {read_json(layout.compress_report)['served']}"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if read_json(layout.package_report)["passed"]:
+            line += " (bento validated: make serve)"
     if layout.html_report.exists():
         line += f" | report: {layout.relative(layout.html_report)}"
     return line

@@ -25,6 +25,7 @@ from tasks.core.config_release import (
     EvaluateConfig,
     ExplainConfig,
     GateConfig,
+    ServeConfig,
 )
 from tasks.core.errors import ConfigError, shown
 from tasks.core.layout import Layout
@@ -235,6 +236,7 @@ class Params(Section):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _search_space_fits(self) -> Params:

@@ -60,6 +60,21 @@ class CompressConfig(ReleaseSection):
     atol: float = Field(1e-4, gt=0)
 
 
+class ServeConfig(ReleaseSection):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_latency_ms: int = Field(500, ge=1, le=600_000)
+    max_concurrency: int = Field(64, ge=1, le=100_000)
+    max_images: int = Field(16, ge=1, le=10_000)
+    max_request_mb: float = Field(8.0, gt=0, le=1024)
+    log_dir: str = "logs/predictions"
+    log_max_mb: float = Field(16.0, gt=0)
+    log_backups: int = Field(5, ge=0, le=1000)
+    golden_images: int = Field(32, ge=1, le=10_000)
+
+
 class GateConfig(ReleaseSection):
     min_accuracy: float = Field(0.9, ge=0, le=1)
     max_regression: float = Field(0.01, ge=0, le=1)

@@ -202,6 +202,16 @@ class Layout:
     def html_report(self) -> Path:
         return self.reports_dir / "index.html"
 
+    @property
+    def bentoml_home(self) -> Path:
+        """The project's own BentoML store (models and bentos): BENTOML_HOME for every stage,
+        `make serve` and the tests; nothing goes to the home folder."""
+        return self.root / "models" / "bentoml"
+
+    @property
+    def package_report(self) -> Path:
+        return self.reports_dir / "package.json"
+
     def relative(self, path: Path) -> Path:
         """`path` relative to the root when it is inside it (for messages), else as it is."""
         try:

@@ -93,3 +93,16 @@ def code_deps(module: str) -> set[str]:
         for name in closure(module)
         if module_file(name).name != "__init__.py"
     }
+
+
+# Code a stage runs without importing it: package builds the BentoML service into a bento and
+# serves it, so the bento (and the stage's result) changes when the service's code does.
+RUNS_WITHOUT_IMPORTING = {"tasks.package": ("deploy.service",)}
+
+
+def stage_code_deps(module: str) -> set[str]:
+    """The code files `dvc.yaml` must list for the stage run as `python -m <module>`."""
+    found = code_deps(module)
+    for other in RUNS_WITHOUT_IMPORTING.get(module, ()):
+        found |= code_deps(other)
+    return found

@@ -1,0 +1,2 @@
+"""Hand-written rivals that benchmarks measure sixfold against (servers, not benchmarks: `make
+bench` runs only the modules directly in benchmarks/)."""

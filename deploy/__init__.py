@@ -1,0 +1,1 @@
+"""The BentoML service (`service.py`, built into a bento by `bentofile.yaml`)."""
