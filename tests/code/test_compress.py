@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tasks.compress import compress, summary_line
 from tasks.compression.export import check_matches, classifier_module, torch_probabilities
@@ -25,7 +24,8 @@ from tasks.compression.runtime import OnnxClassifier
 from tasks.core.config import load_params, with_overrides
 from tasks.core.errors import MissingInput, UserError
 from tasks.core.layout import Layout
-from tasks.modeling.artifact import ModelCard, Normalization, load_model, save_model
+from tasks.modeling.artifact import load_model
+from tests.models import save_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["a", "b", "c"]
@@ -40,18 +40,7 @@ def tiny_images(count: int, seed: int) -> np.ndarray:
 def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Layout, CompressReport]:
     """A randomly initialised width-4 CNN on 8 px images, compressed by the stage's function."""
     layout = Layout(tmp_path_factory.mktemp("compress"))
-    card = ModelCard.create(
-        arch="cnn",
-        width=4,
-        dropout=0.0,
-        classes=CLASSES,
-        image_size=SIZE,
-        channels=1,
-        normalization=Normalization(mean=[0.5], std=[0.25]),
-        params_fingerprint="tiny",
-    )
-    torch.manual_seed(0)
-    save_model(card.build_network(), card, layout.models_dir)
+    save_tiny_model(layout.models_dir, seed=0, classes=CLASSES, image_size=SIZE, fingerprint="tiny")
     layout.packed_dir.mkdir(parents=True)
     for split, count in (("train", 40), ("test", 24)):
         np.save(layout.packed_dir / f"{split}_x.npy", tiny_images(count, seed=len(split)))

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tasks.core.config import Params, load_params, with_overrides
 from tasks.core.errors import MissingInput, UserError
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
 from tasks.data.packed import PackedMeta
-from tasks.modeling.artifact import ModelCard, Normalization, load_model, predict, save_model
+from tasks.modeling.artifact import load_model, predict
 from tasks.promote import promote
 from tasks.registry.__main__ import table
 from tasks.registry.gate import accuracy_rule, decide, regression_rule
@@ -34,6 +33,7 @@ from tasks.registry.store import (
     save_test_set,
 )
 from tests.conftest import REPO_ROOT
+from tests.models import save_tiny_model
 
 CLASSES = ["a", "b", "c"]
 # everything but the comparison with the champion is switched off: the tiny models are untrained
@@ -52,18 +52,7 @@ def gate_params(**overrides: float | bool) -> Params:
 
 def write_model(layout: Layout, seed: int) -> None:
     """A freshly initialised width-4 CNN for 1x8x8 images, and its card, into models/."""
-    card = ModelCard.create(
-        arch="cnn",
-        width=4,
-        dropout=0.0,
-        classes=CLASSES,
-        image_size=8,
-        channels=1,
-        normalization=Normalization(mean=[0.5], std=[0.25]),
-        params_fingerprint=f"params-{seed}",
-    )
-    torch.manual_seed(seed)
-    save_model(card.build_network(), card, layout.models_dir)
+    save_tiny_model(layout.models_dir, seed, CLASSES, image_size=8, fingerprint=f"params-{seed}")
 
 
 def write_reports(layout: Layout) -> None:

@@ -111,24 +111,12 @@ def test_an_unbatched_server_that_served_nothing_gives_an_infinite_ratio() -> No
 @pytest.fixture(scope="module")
 def rival_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised width-4 CNN on 8 px images, exported as the rival serves it."""
-    import torch
-
     from tasks.compression.export import export_onnx
-    from tasks.modeling.artifact import ModelCard, Normalization
+    from tests.models import tiny_card, tiny_network
 
     folder = tmp_path_factory.mktemp("rival")
-    card = ModelCard.create(
-        arch="cnn",
-        width=4,
-        dropout=0.0,
-        classes=["a", "b", "c"],
-        image_size=8,
-        channels=1,
-        normalization=Normalization(mean=[0.5], std=[0.25]),
-        params_fingerprint="tiny",
-    )
-    torch.manual_seed(0)
-    export_onnx(card.build_network().eval(), card, folder / ONNX_FILE)
+    card = tiny_card(["a", "b", "c"], image_size=8, fingerprint="tiny")
+    export_onnx(tiny_network(card, seed=0), card, folder / ONNX_FILE)
     card.save(folder / CARD_FILE)
     return folder
 

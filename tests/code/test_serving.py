@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from tasks.core.layout import Layout
-from tasks.modeling.artifact import ModelCard, Normalization, save_model
+from tasks.modeling.artifact import ModelCard, save_model
 from tasks.registry.store import (
     Candidate,
     candidate_id,
@@ -49,6 +49,7 @@ from tasks.serving.uploads import (
     decode_images,
     receive_files,
 )
+from tests import models
 from tests.conftest import REPO_ROOT
 from tests.images import noise, png_bytes
 
@@ -62,29 +63,18 @@ BOUNDARY = "sixfold-test-boundary"
 
 
 def tiny_card() -> ModelCard:
-    return ModelCard.create(
-        arch="cnn",
-        width=4,
-        dropout=0.0,
-        classes=CLASSES,
-        image_size=SIZE,
-        channels=1,
-        normalization=Normalization(mean=[0.5], std=[0.25]),
-        params_fingerprint="serving-test",
-    )
+    return models.tiny_card(CLASSES, SIZE, fingerprint="serving-test")
 
 
 def make_champion(root: Path, seed: int, export: bool) -> str:
     """A freshly initialised width-4 CNN for 1x8x8 images made the registry's champion under
     `root` (models/registry); its id. `export`: a real ONNX file (seconds), else a stand-in."""
-    import torch
 
     from tasks.compression.export import export_onnx
 
     layout = Layout(root)
     card = tiny_card()
-    torch.manual_seed(seed)
-    network = card.build_network().eval()
+    network = models.tiny_network(card, seed)
     folder = root / f"made-{seed}"
     save_model(network, card, folder)
     onnx_dir = folder / "onnx"

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 
 from tasks.compression.export import export_onnx
 from tasks.core.config import load_params, with_overrides
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
 from tasks.data.packed import PackedMeta
-from tasks.modeling.artifact import ModelCard, Normalization, load_model, predict, save_model
+from tasks.modeling.artifact import load_model, predict
 from tasks.promote import promote
 from tests.conftest import SHRUNK, copy_of_repository, merge, run
+from tests.models import save_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -84,18 +84,7 @@ class Classifier:
 
 def write_model(layout: Layout, seed: int) -> None:
     """A freshly initialised width-4 CNN for 1x16x16 images, and its card, into models/."""
-    card = ModelCard.create(
-        arch="cnn",
-        width=4,
-        dropout=0.0,
-        classes=CLASSES,
-        image_size=16,
-        channels=1,
-        normalization=Normalization(mean=[0.5], std=[0.25]),
-        params_fingerprint=f"params-{seed}",
-    )
-    torch.manual_seed(seed)
-    save_model(card.build_network(), card, layout.models_dir)
+    save_tiny_model(layout.models_dir, seed, CLASSES, image_size=16, fingerprint=f"params-{seed}")
 
 
 def make_champion(layout: Layout) -> None:
