@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup test-tools bench-tools run report registry serve test test-fast lint format bench bench-selftest flow exps clean lock
+.PHONY: help setup test-tools bench-tools run report registry serve push pull test test-fast lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,14 @@ run: setup ## set up, then run the pipeline (dvc repro); ends with the accuracy 
 
 report: setup ## bring the pipeline up to date and say where its HTML report is (reports/index.html)
 	@$(PYTHON) -m flows.repro report && echo "report: open $(abspath reports/index.html) in a browser (works offline)"
+
+REMOTE ?=
+
+push: setup ## send the outputs dvc.lock records to the DVC remote (dvc push; REMOTE=name: not the default one)
+	@$(PYTHON) -m flows.remote push $(REMOTE)
+
+pull: setup ## fetch the outputs dvc.lock records from the DVC remote; after it no stage needs to rerun
+	@$(PYTHON) -m flows.remote pull $(REMOTE)
 
 serve: setup ## serve the champion over HTTP with BentoML on serve.host:serve.port (127.0.0.1:3000; run `make run` first)
 	@test -d models/bentoml/models/sixfold-classifier || { echo "make serve: no packaged champion in models/bentoml; run make run first" >&2; exit 1; }

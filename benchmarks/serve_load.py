@@ -55,6 +55,8 @@ from tasks.packaging.server import (
     free_port,
     running,
 )
+from tasks.serving.guard import KEY_VARIABLE
+from tasks.serving.logbook import LOG_DIR_VARIABLE
 from tasks.serving.store import bentoml_environment, save_champion, saved_model
 
 CONCURRENCY = 32
@@ -163,8 +165,9 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise SystemExit(
-            f"serve_load: `{name}` is not installed; run `make setup` (or `apt-get install -y "
-            f"{name}`): a Python load generator on 2 cores measures itself, not the server"
+            f"serve_load: `{name}` is not installed; run `make bench-tools` (or "
+            f"`apt-get install -y {name}`): a Python load generator on 2 cores measures itself, "
+            "not the server"
         )
     return path
 
@@ -202,11 +205,16 @@ def hey(url: str, body: Path, seconds: int, core: str) -> LoadResult:
     return parse_hey(done.stdout)
 
 
-def measure(server: Server, port: int, body: Path, cores: tuple[str, str]) -> LoadResult:
+def measure(
+    server: Server, port: int, body: Path, cores: tuple[str, str], log_dir: Path
+) -> LoadResult:
     """Start `server` pinned to the first core, warm it up, measure it, stop it (its workers
-    included: `tasks.packaging.server.running`, the package stage's helper)."""
+    included: `tasks.packaging.server.running`, the package stage's helper). Its predictions are
+    logged under `log_dir`, not in the project's prediction log (drift monitoring reads that),
+    and a user's API key is not passed on (every request would get 401)."""
     command = ["taskset", "-c", cores[0], *server.argv]
-    environment = {**os.environ, **server.env}
+    environment = {**os.environ, **server.env, LOG_DIR_VARIABLE: str(log_dir)}
+    environment.pop(KEY_VARIABLE, None)
     try:
         with running(command, port, environment, LAYOUT.root) as started:
             hey(f"{started.url}/predict", body, WARMUP_S, cores[1])
@@ -254,7 +262,7 @@ def main() -> None:
         body = Path(folder) / "body.multipart"
         body.write_bytes(multipart_body(digit_png(params)))
         for server in servers(port, model_dir):
-            results[server.name] = measure(server, port, body, cores)
+            results[server.name] = measure(server, port, body, cores, Path(folder) / "log")
     batched, unbatched, fastapi = results["batched"], results["unbatched"], results["fastapi"]
     finish(
         "serve_load",
@@ -265,7 +273,7 @@ def main() -> None:
             "ratio": speedup(batched, unbatched),
             "p50_ms": batched.p50_ms,
             "p99_ms": batched.p99_ms,
-            "errors": {name: result.errors for name, result in results.items()},
+            "errors": sum(result.errors for result in results.values()),  # per server: servers
             "servers": {name: {**asdict(r), "rps": r.rps} for name, r in results.items()},
             "settings": {
                 "max_batch_size": params.serve.max_batch_size,

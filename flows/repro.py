@@ -99,22 +99,23 @@ def repro(arguments: list[str]) -> int:
 
 
 def release_line(layout: Layout) -> str | None:
-    """One line: the gate's decision, the champion, what is served and where the report is
-    (from reports/gate.json and reports/compress.json); None before the gate has run."""
+    """One line: the gate's decision, the champion, the format it is served in, whether its bento
+    passed validation and where the report is; None before the gate has run."""
     try:
         gate = read_json(layout.gate_report)
     except (OSError, ValueError):
         return None
     candidate = (gate.get("candidate") or {}).get("id", "?")
     champion = (gate.get("champion") or {}).get("id")
+    served = (gate.get("champion") or {}).get("served_format")  # the champion's, not this run's
     if gate.get("decision") == "promoted":
         line = f"gate: {candidate} is the champion"
     else:
         reason = (gate.get("reasons") or ["no reason recorded"])[0]
         stays = f"; the champion stays {champion}" if champion else "; there is no champion"
         line = f"gate: rejected {candidate} ({reason}){stays}"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        line += f" | served as {read_json(layout.compress_report)['served']}"
+    if served:
+        line += f" | served as {served}"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         if read_json(layout.package_report)["passed"]:
             line += " (bento validated: make serve)"

@@ -24,6 +24,7 @@ one line saying how to get one.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -55,12 +56,16 @@ class ValidationFailed(UserError):
     """The built bento failed one of the infra-validation checks."""
 
 
+class NothingToPackage(UserError):
+    """No champion yet: the gate has rejected every model so far."""
+
+
 def current_champion(layout: Layout) -> EntryFiles:
-    """The registry's champion; a one-line UserError saying how to get one when there is none."""
+    """The registry's champion; NothingToPackage, saying how to get one, when there is none."""
     try:
         return champion(layout.registry_dir)
     except NoChampion:
-        raise UserError(
+        raise NothingToPackage(
             f"no champion to package: the promotion gate has rejected every model so far "
             f"({layout.relative(layout.gate_report)} says why); improve the model or the data "
             "and run the pipeline again (`dvc repro`): the first model that passes the gate "
@@ -126,9 +131,13 @@ def package(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     """
     layout = layout or Layout.discover()
     require(layout.packed_dir / "test_x.npy")
-    entry = current_champion(layout)
+    try:
+        entry = current_champion(layout)
+    except NothingToPackage as nothing:  # not a failure of the run: there is nothing to serve
+        return nothing_packaged(layout, str(nothing))
     use_project_store(layout)
     model_tag = save_champion(layout)
+    os.environ[TAG_VARIABLE] = model_tag  # the bento packs the champion, whatever the user set
     bento_tag = build_bento(layout)
     test_images, _ = load_split("test", layout.packed_dir)
     rules = image_rules(params.data, entry.card)
@@ -146,6 +155,24 @@ def package(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     return report
 
 
+def nothing_packaged(layout: Layout, reason: str) -> dict[str, Any]:
+    """The report (and the empty stores DVC expects as outputs) when there is no champion."""
+    for store in ("models", "bentos"):
+        (layout.bentoml_home / store).mkdir(parents=True, exist_ok=True)
+    report = {
+        "bento": None,
+        "model": None,
+        "champion": None,
+        "served_format": None,
+        "checks": [],
+        "latency_ms": None,
+        "passed": False,
+        "skipped": reason,
+    }
+    write_json(layout.package_report, report)
+    return report
+
+
 def failure_line(report: dict[str, Any], failed: list[Check]) -> str:
     first = failed[0]
     more = f"; {len(failed) - 1} more checks failed" if len(failed) > 1 else ""
@@ -157,6 +184,8 @@ def failure_line(report: dict[str, Any], failed: list[Check]) -> str:
 
 def summary_line(report: dict[str, Any]) -> str:
     """One line: the bento and what its validation showed (`make run` prints it)."""
+    if report.get("skipped"):
+        return f"package: nothing packaged: {report['skipped']}"
     checks = [Check(**check) for check in report["checks"]]
     if not report["passed"]:
         return failure_line(report, [check for check in checks if not check.passed])

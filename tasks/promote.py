@@ -40,6 +40,8 @@ from tasks.registry.gate import (
     first_model_rule,
     incomparable,
     regression_rule,
+    same_inputs_rule,
+    unseen,
 )
 from tasks.registry.store import (
     CARD,
@@ -51,6 +53,7 @@ from tasks.registry.store import (
     candidate_id,
     champion,
     data_version,
+    file_problems,
     load_registry,
     load_test_set,
     now,
@@ -114,9 +117,10 @@ def check_metrics_match(recorded: float, correct: np.ndarray, layout: Layout) ->
 
 
 def against_champion(
-    current: EntryFiles | None, network: nn.Module, card: ModelCard, params: Params
+    current: EntryFiles | None, network: nn.Module, card: ModelCard, params: Params, layout: Layout
 ) -> Rule:
-    """The no-regression rule, on the champion's test set (the first model has none)."""
+    """The no-regression rule, on the champion's test set (the first model has none), without
+    the images the candidate trained or was selected on."""
     if current is None:
         return first_model_rule()
     champion_network, champion_card = load_model(current.folder)
@@ -124,12 +128,16 @@ def against_champion(
     mismatch = incomparable(card, champion_card, images)
     if mismatch is not None:
         return mismatch
+    seen = np.concatenate([load_split(name, layout.packed_dir)[0] for name in ("train", "val")])
+    keep = unseen(images, seen)
+    images, labels = images[keep], labels[keep]
     return regression_rule(
         correct_predictions(network, card, images, labels),
         correct_predictions(champion_network, champion_card, images, labels),
         current.entry.id,
         params.gate,
         params.seed,
+        left_out=int((~keep).sum()),
     )
 
 
@@ -164,10 +172,8 @@ def promote(params: Params, layout: Layout | None = None) -> GateReport:
         *behaviour_rules(
             network, card, test, correct, reported.baseline, params.gate, params.augment
         ),
-        against_champion(current, network, card, params),
+        against_champion(current, network, card, params, layout),
     ]
-    promoted, reasons = decide(rules)
-
     time = now()
     candidate = registry.entry(identity)
     if candidate is None:
@@ -187,6 +193,12 @@ def promote(params: Params, layout: Layout | None = None) -> GateReport:
             status="rejected",
             reasons=[],
         )
+    rules.append(same_inputs_rule(candidate, current.entry if current else None))
+    damaged = file_problems(registry_dir, candidate) if registry.entry(identity) else []
+    if damaged:  # judged before and stored then: a champion must be retrievable as recorded
+        reason = f"its registry files are damaged ({'; '.join(damaged)}): it cannot be served"
+        rules.append(Rule(name="intact_files", passed=False, reason=reason))
+    promoted, reasons = decide(rules)
     updated = record_decision(registry, candidate, promoted, reasons, time)
     if updated != registry:
         save_registry(updated, registry_dir)

@@ -25,6 +25,7 @@ from tasks.core.config_release import (
     EvaluateConfig,
     ExplainConfig,
     GateConfig,
+    MonitorConfig,
     ServeConfig,
 )
 from tasks.core.errors import ConfigError, shown
@@ -237,6 +238,7 @@ class Params(Section):
     compress: CompressConfig = Field(default_factory=CompressConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _search_space_fits(self) -> Params:

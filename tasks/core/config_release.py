@@ -75,6 +75,16 @@ class ServeConfig(ReleaseSection):
     golden_images: int = Field(32, ge=1, le=10_000)
 
 
+class MonitorConfig(ReleaseSection):
+    reference_images: int = Field(500, ge=10, le=100_000)
+    min_records: int = Field(50, ge=5)
+    p_value: float = Field(0.01, gt=0, lt=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    confidence_drop: float = Field(0.05, ge=0, le=1)
+    mmd_permutations: int = Field(200, ge=10, le=100_000)
+    mmd_max_samples: int = Field(500, ge=10, le=100_000)
+
+
 class GateConfig(ReleaseSection):
     min_accuracy: float = Field(0.9, ge=0, le=1)
     max_regression: float = Field(0.01, ge=0, le=1)

@@ -81,7 +81,17 @@ def headline_cards(inputs: SectionInputs) -> str:
     evaluation = inputs.json(layout.evaluation_report)
     gate = inputs.json(layout.gate_report) or {}
     compress = inputs.json(layout.compress_report) or {}
-    decision, reasons, served = gate.get("decision"), gate.get("reasons"), compress.get("served")
+    decision, reasons = gate.get("decision"), gate.get("reasons")
+    # what is served is the champion's format: after a rejection, not this run's model's
+    champion = dig(gate, "champion", "id")
+    served = dig(gate, "champion", "served_format") if gate else compress.get("served")
+    served_note = (
+        compress.get("reason") or ""
+        if decision != "rejected"
+        else f"the champion {champion}'s format (this run's model was rejected)"
+        if champion
+        else "nothing: no champion yet"
+    )
     cards = [
         (
             f"test accuracy ({model_sections.interval_name(evaluation)})",
@@ -98,7 +108,7 @@ def headline_cards(inputs: SectionInputs) -> str:
             badge(decision, decision == "promoted") if decision else ABSENT,
             text(reasons[0]) if isinstance(reasons, list) and reasons else "",
         ),
-        ("served model", code(served) if served else ABSENT, text(compress.get("reason") or "")),
+        ("served model", code(served) if served else ABSENT, text(served_note)),
     ]
     return (
         '<div class="headline">'

@@ -204,12 +204,16 @@ def decode_image(path: Path, rules: ImageRules, what: str = "the image") -> Deco
 
     if path.stat().st_size == 0:
         raise refused("is empty")
+    # Pillow raises more than the decoder's known errors on crafted files (IndexError, KeyError,
+    # TypeError, ZeroDivisionError ...): any failure to read an upload is the upload's fault, a 400
     try:
         width, height, mode, _format = probe(path)  # the header only
     except OversizedImage as error:
         raise refused(f"is too large to open ({error})") from None
     except UndecodableImage as error:
         raise refused(f"is not an image sixfold can decode ({error})") from None
+    except Exception as error:
+        raise refused(f"is not an image sixfold can decode ({type(error).__name__})") from None
     if width * height > rules.max_pixels:
         raise refused(
             f"is {width}x{height} = {width * height} pixels, more than data.max_pixels = "
@@ -222,11 +226,14 @@ def decode_image(path: Path, rules: ImageRules, what: str = "the image") -> Deco
         )
     try:
         array = load_converted(path, rules.channels)
+        image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        pixels = rules.pixels(image)
     except (OversizedImage, UndecodableImage) as error:
         raise refused(f"is not an image sixfold can decode ({error})") from None
-    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    except Exception as error:
+        raise refused(f"is not an image sixfold can decode ({type(error).__name__})") from None
     return DecodedImage(
-        pixels=rules.pixels(image),
+        pixels=pixels,
         width=width,
         height=height,
         channels=Image.getmodebands(mode),

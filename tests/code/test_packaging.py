@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.core.config import load_params
 from tasks.core.errors import UserError
 from tasks.core.layout import Layout
-from tasks.package import current_champion, failure_line, summary_line
+from tasks.package import current_champion, failure_line, package, summary_line
 from tasks.packaging.build import child_environment
 from tasks.packaging.golden import Golden, golden_indices, png_file
 from tasks.packaging.server import ServerFailed, free_port, log_tail, running
@@ -353,3 +354,17 @@ def test_the_report_and_its_lines() -> None:
     assert summary_line(report).startswith(
         "package: bento sixfold:abc failed the check 'bad request: kind 9': HTTP 500"
     )
+
+
+def test_without_a_champion_nothing_is_packaged_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A gate that has rejected every model so far is not a failure of the run: the stage says
+    so in one line and writes its (empty) outputs, so DVC records it and the report follows."""
+    layout = Layout(tmp_path)
+    layout.packed_dir.mkdir(parents=True)
+    np.save(layout.packed_dir / "test_x.npy", np.zeros((2, 1, 8, 8), dtype=np.uint8))
+    params = load_params(REPO_ROOT / "params.yaml")
+    report = package(params, layout)
+    assert report["passed"] is False and report["skipped"].startswith("no champion to package")
+    assert json.loads(layout.package_report.read_text()) == report
+    assert (layout.bentoml_home / "models").is_dir() and (layout.bentoml_home / "bentos").is_dir()
+    assert summary_line(report).startswith("package: nothing packaged: no champion to package")

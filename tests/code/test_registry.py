@@ -22,8 +22,15 @@ from tasks.data.packed import PackedMeta
 from tasks.modeling.artifact import load_model, predict
 from tasks.promote import promote
 from tasks.registry.__main__ import table
-from tasks.registry.gate import accuracy_rule, decide, regression_rule
+from tasks.registry.gate import (
+    accuracy_rule,
+    decide,
+    regression_rule,
+    same_inputs_rule,
+    unseen,
+)
 from tasks.registry.store import (
+    Candidate,
     RegistryError,
     champion,
     integrity_problems,
@@ -82,6 +89,10 @@ def layout(tmp_path: Path) -> Layout:
     labels = predict(network, card.preprocessing(), images).argmax(1)
     np.save(layout.packed_dir / "test_x.npy", images)
     np.save(layout.packed_dir / "test_y.npy", labels)
+    for split, seed in (("train", 1), ("val", 2)):  # other images: what a candidate learned on
+        seen = np.random.default_rng(seed).integers(0, 256, size=(20, 1, 8, 8), dtype=np.uint8)
+        np.save(layout.packed_dir / f"{split}_x.npy", seen)
+        np.save(layout.packed_dir / f"{split}_y.npy", np.zeros(20, dtype=np.int64))
     PackedMeta.create(
         classes=CLASSES,
         image_size=8,
@@ -233,3 +244,40 @@ def test_the_same_decision_leaves_the_registry_object_unchanged(layout: Layout) 
     registry = load_registry(layout.registry_dir)
     entry = registry.champion_entry()
     assert record_decision(registry, entry, True, entry.reasons, "later") is registry
+
+
+def test_champion_test_images_the_candidate_learned_on_are_left_out() -> None:
+    test = np.arange(4 * 4, dtype=np.uint8).reshape(4, 1, 2, 2)
+    seen = np.concatenate([test[[1, 3]], np.full((2, 1, 2, 2), 255, dtype=np.uint8)])
+    assert unseen(test, seen).tolist() == [True, False, True, False]
+    config = gate_params().gate
+    rule = regression_rule(np.ones(2, bool), np.ones(2, bool), "c", config, 0, left_out=2)
+    assert rule.passed and "(2 left out: the candidate trained on them)" in rule.reason
+    nothing_left = regression_rule(np.ones(0, bool), np.ones(0, bool), "c", config, 0, left_out=4)
+    assert not nothing_left.passed and "all 4 of its test images" in nothing_left.reason
+
+
+def test_a_retrain_with_the_champions_params_and_data_keeps_the_champion() -> None:
+    def entry(identity: str, params_hash: str, data: str) -> Candidate:
+        return Candidate(
+            id=identity,
+            created="2026-01-01T00:00:00+00:00",
+            files={},
+            served_format="onnx_int8",
+            served_file="onnx/model.int8.onnx",
+            accuracy=1.0,
+            test_metrics={},
+            baseline=None,
+            data_version=data,
+            test_images=1,
+            params_hash=params_hash,
+            parent=None,
+            status="champion",
+            reasons=[],
+        )
+
+    champion = entry("a", "p", "d")
+    assert not same_inputs_rule(entry("b", "p", "d"), champion).passed  # e.g. a GPU retrain
+    assert same_inputs_rule(entry("b", "q", "d"), champion).passed  # new params
+    assert same_inputs_rule(entry("b", "p", "e"), champion).passed  # new data
+    assert same_inputs_rule(entry("b", "p", "d"), None).passed  # no champion yet

@@ -179,7 +179,13 @@ def report_files(labels: tuple[str, ...] = LABELS) -> dict[str, Any]:
                 {"name": "behaviour", "passed": True, "reason": "invariance 0.98 >= 0.9"},
             ],
             "candidate": {"id": "c2", "accuracy": 0.5, "params_hash": "ab12", "parent": "c1"},
-            "champion": {"id": "c1", "accuracy": 0.987, "params_hash": "cd34", "parent": None},
+            "champion": {
+                "id": "c1",
+                "accuracy": 0.987,
+                "params_hash": "cd34",
+                "parent": None,
+                "served_format": "onnx_int8",
+            },
             "previous_champion": {"id": "c1", "accuracy": 0.987, "params_hash": "cd34"},
         },
     }

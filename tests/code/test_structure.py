@@ -44,6 +44,7 @@ LAYERS = (  # each package may import only itself and the packages before it
     "tasks.registry",
     "tasks.serving",
     "tasks.packaging",
+    "tasks.monitoring",
 )
 TORCH_FREE = ("tasks.core", "tasks.reporting", "tasks.evaluation", "flows")
 HEAVY = {"torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning"}

@@ -15,7 +15,7 @@ from tests.conftest import VENV_BIN, run, write_params
 
 STAGES = [
     *("ingest", "validate", "split", "augment", "tune", "train", "evaluate"),
-    *("explain", "compress", "promote", "report"),
+    *("explain", "compress", "promote", "package", "report"),
 ]
 
 
