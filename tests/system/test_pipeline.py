@@ -33,10 +33,25 @@ def _ran(output: str) -> list[str]:
     return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
 
 
+# a gate the 3-epoch model passes, so the run goes all the way: a champion, packaged and validated
+OPEN_GATE = {
+    "gate": {
+        "min_accuracy": 0.0,
+        "min_invariance": 0.0,
+        "min_class_accuracy": 0.0,
+        "require_beats_baseline": False,
+    }
+}
+
+
 @pytest.mark.slow
 def test_make_run_end_to_end_then_noop(repo: Path) -> None:
+    write_params(repo, OPEN_GATE)
     output = _repro(repo)
     assert _ran(output) == STAGES
+    assert json.loads((repo / "reports" / "package.json").read_text())["passed"]
+    gate_lines = [line for line in output.splitlines() if line.startswith("gate: ")]
+    assert len(gate_lines) == 1 and "is the champion | served as onnx_" in gate_lines[0]
     last_line = output.split("Running stage 'evaluate'")[1]
     assert "test accuracy" in last_line and "baseline (logistic_regression)" in last_line
     assert len(_accuracy_lines(output)) == 1  # printed by evaluate, not again by `make run`

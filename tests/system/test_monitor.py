@@ -1,0 +1,208 @@
+"""The drift monitor end to end: a prediction log written as the service writes it, from the
+trained champion's predictions on real uploads, checked by the Prefect flow (`python -m
+flows.monitor`, a real temporary Prefect server) against the reference of the trained
+repository.
+
+Clean uploads are the test split's own raw files; drifted ones are the same files rotated,
+inverted or made noisy, each upload decoded by the service's own decoder
+(`tasks.serving.uploads.decode_images`) so its logged statistics are what the service logs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter
+
+from tasks.core.config import load_params
+from tasks.core.layout import Layout
+from tasks.modeling.artifact import load_model
+from tasks.monitoring.reference import embed
+from tasks.monitoring.served import EMBEDDING_FIELD
+from tasks.registry.store import champion
+from tests.conftest import run
+from tests.system.test_flow import PREFECT_ENV
+
+
+def _rotated(image: Image.Image, generator: np.random.Generator) -> Image.Image:
+    return image.rotate(float(generator.choice([-1, 1]) * generator.uniform(35, 55)))
+
+
+def _inverted(image: Image.Image, generator: np.random.Generator) -> Image.Image:
+    return Image.fromarray(255 - np.asarray(image))
+
+
+def _noisy(image: Image.Image, generator: np.random.Generator) -> Image.Image:
+    pixels = np.asarray(image, np.float64) + generator.normal(0, 60, np.asarray(image).shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _thicker(image: Image.Image, generator: np.random.Generator) -> Image.Image:
+    return image.filter(ImageFilter.MaxFilter(3))
+
+
+DRIFTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "rotated": _rotated,
+    "inverted": _inverted,
+    "noisy": _noisy,
+    "thicker": _thicker,
+}
+
+
+def split_files(repo: Path, split: str) -> list[Path]:
+    """The raw files of one split (data/splits/split.csv), in its order."""
+    layout = Layout(repo)
+    rows = pd.read_csv(layout.split_file, dtype=str, keep_default_na=False)
+    return [layout.raw_files / path for path in rows.loc[rows["split"] == split, "path"]]
+
+
+def drifted_files(sources: list[Path], folder: Path, kinds: list[str], seed: int) -> list[Path]:
+    """A copy of each source, changed by one of `kinds` in turn (seeded), as PNG files."""
+    generator = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, source in enumerate(sources):
+        with Image.open(source) as image:
+            changed = DRIFTS[kinds[index % len(kinds)]](image.convert("L"), generator)
+        path = folder / f"{index:05d}.png"
+        changed.save(path)
+        written.append(path)
+    return written
+
+
+def log_predictions(repo: Path, uploads: list[Path], log_file: Path) -> None:
+    """Append the champion's prediction record for each upload to `log_file`, as the service
+    writes it (tasks.serving.logbook.prediction_record), with the network's embedding."""
+    from tasks.serving.logbook import prediction_record
+    from tasks.serving.predictions import to_predictions
+    from tasks.serving.uploads import ImageRules, decode_images
+
+    layout = Layout(repo)
+    params = load_params(layout.params_file)
+    files = champion(layout.registry_dir)
+    network, card = load_model(files.folder)
+    preprocessing = card.preprocessing()
+    rules = ImageRules(
+        params.data.min_size, params.data.max_pixels, card.channels, preprocessing.pixels
+    )
+    decoded = decode_images(uploads, rules)
+    embeddings, probabilities = embed(
+        network, preprocessing, np.stack([image.pixels for image in decoded])
+    )
+    predictions = to_predictions(probabilities, card.classes).predictions
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as handle:
+        for image, prediction, embedding in zip(decoded, predictions, embeddings, strict=True):
+            record = prediction_record(image, prediction, files.entry.id)
+            record[EMBEDDING_FIELD] = [round(float(value), 4) for value in embedding]
+            handle.write(json.dumps(record) + "\n")
+
+
+def copy_for_monitoring(trained: Path, destination: Path) -> Path:
+    """The trained repository without what the monitor never reads (git, DVC's cache, the
+    BentoML store), so this test writes its log and reports into its own copy."""
+    ignored = shutil.ignore_patterns(".git", ".dvc", "bentoml", "logs")
+    return Path(shutil.copytree(trained, destination, ignore=ignored, symlinks=True))
+
+
+def monitor(repo: Path) -> subprocess.CompletedProcess[str]:
+    return run(["python", "-m", "flows.monitor"], repo, check=False, env=PREFECT_ENV)
+
+
+def latest_report(repo: Path) -> dict:
+    reports = sorted((repo / "reports" / "monitor").glob("*Z.json"))
+    return json.loads(reports[-1].read_text())
+
+
+@pytest.mark.slow
+def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
+    trained_repo: Path, tmp_path: Path
+) -> None:
+    repo = copy_for_monitoring(trained_repo, tmp_path / "repo")
+    log_file = repo / "logs" / "predictions" / "predictions-1.jsonl"
+    clean = split_files(repo, "test")
+
+    log_predictions(repo, clean[:20], log_file)  # too few to tell: no verdict, state unmoved
+    result = monitor(repo)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    first = latest_report(repo)
+    assert first["drift"] is None and first["status"] == "no verdict", first
+    assert not (repo / "reports" / "monitor" / "state.json").exists()
+
+    log_predictions(repo, clean[20:], log_file)
+    result = monitor(repo)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    report = latest_report(repo)
+    assert report["records"] == len(clean)  # the first 20 were judged with the rest
+    assert report["drift"] is False, json.dumps(report["tests"], indent=1)
+    assert "drift-monitor: no drift" in log
+    assert report["model"]["records"] == len(clean)
+    ran = {test["name"] for test in report["tests"] if test["drift"] is not None}
+    assert {"ks:mean", "psi:std", "chi2:predicted_label", "mmd:embedding"} <= ran
+    assert (repo / "reports" / "monitor" / report["plot"]).stat().st_size > 10_000
+
+    uploads = drifted_files(clean, tmp_path / "drifted", ["rotated", "noisy"], seed=0)
+    log_predictions(repo, uploads, log_file)
+    result = monitor(repo)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    report = latest_report(repo)
+    assert report["records"] == len(uploads)  # only what came after the last verdict
+    assert report["drift"] is True and "drift-monitor: drift in" in log
+    drifted = {test["name"] for test in report["tests"] if test["drift"]}
+    assert "mmd:embedding" in drifted and "ks:std" in drifted, report["tests"]
+    state = json.loads((repo / "reports" / "monitor" / "state.json").read_text())
+    assert state["until"] == report["until"]
+
+
+# Starts drift_monitor with on_drift naming a deployment registered on the same (temporary)
+# server, then prints the verdict and the states of that deployment's flow runs.
+HOOK_SCRIPT = """\
+import asyncio, json
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.sorting import FlowRunSort
+from flows.monitor import drift_monitor
+
+@flow(name="continual-learning")
+def continual_learning() -> None: ...
+
+async def register():
+    async with get_client() as client:
+        flow_id = await client.create_flow(continual_learning)
+        await client.create_deployment(flow_id=flow_id, name="on-drift")
+
+async def started():
+    named = DeploymentFilter(name=DeploymentFilterName(any_=["on-drift"]))
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            deployment_filter=named, limit=10, sort=FlowRunSort.ID_DESC
+        )
+    return [run.state_name for run in runs]
+
+asyncio.run(register())
+verdict = drift_monitor(".", on_drift="continual-learning/on-drift")
+print("result:", json.dumps({"verdict": verdict, "started": asyncio.run(started())}))
+"""
+
+
+@pytest.mark.slow
+def test_drift_starts_the_on_drift_deployment(trained_repo: Path, tmp_path: Path) -> None:
+    repo = copy_for_monitoring(trained_repo, tmp_path / "repo")
+    uploads = drifted_files(split_files(repo, "test"), tmp_path / "drifted", ["inverted"], 0)
+    log_predictions(repo, uploads, repo / "logs" / "predictions" / "predictions-1.jsonl")
+    (repo / "hook.py").write_text(HOOK_SCRIPT)
+    # a Prefect home of its own: the stand-in deployment never reaches the user's database
+    environment = {**PREFECT_ENV, "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = run(["python", "hook.py"], repo, env=environment)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("result: ")]
+    assert json.loads(line.removeprefix("result: ")) == {"verdict": True, "started": ["Scheduled"]}
