@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tasks.data.packed import PackedMeta
 from tasks.modeling.artifact import ModelCard, Normalization, save_model
 
 
@@ -46,3 +47,17 @@ def save_tiny_model(
     card = tiny_card(classes, image_size, fingerprint)
     save_model(tiny_network(card, seed), card, models_dir)
     return card
+
+
+def save_tiny_meta(path: Path, card: ModelCard, counts: dict[str, int]) -> None:
+    """`data/packed/meta.json` matching `card` (classes, size, channels, normalization), with
+    the images per split in `counts`."""
+    PackedMeta.create(
+        classes=card.classes,
+        image_size=card.image_size,
+        channels=card.channels,
+        mean=card.normalization.mean,
+        std=card.normalization.std,
+        counts=counts,
+        near_duplicate_pairs_across_splits=0,
+    ).save(path)

@@ -18,7 +18,6 @@ from tasks.core.config import Params, load_params, with_overrides
 from tasks.core.errors import MissingInput, UserError
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
-from tasks.data.packed import PackedMeta
 from tasks.modeling.artifact import load_model, predict
 from tasks.promote import promote
 from tasks.registry.__main__ import table
@@ -40,7 +39,7 @@ from tasks.registry.store import (
     save_test_set,
 )
 from tests.conftest import REPO_ROOT
-from tests.models import save_tiny_model
+from tests.models import save_tiny_meta, save_tiny_model
 
 CLASSES = ["a", "b", "c"]
 # everything but the comparison with the champion is switched off: the tiny models are untrained
@@ -93,15 +92,7 @@ def layout(tmp_path: Path) -> Layout:
         seen = np.random.default_rng(seed).integers(0, 256, size=(20, 1, 8, 8), dtype=np.uint8)
         np.save(layout.packed_dir / f"{split}_x.npy", seen)
         np.save(layout.packed_dir / f"{split}_y.npy", np.zeros(20, dtype=np.int64))
-    PackedMeta.create(
-        classes=CLASSES,
-        image_size=8,
-        channels=1,
-        mean=[0.5],
-        std=[0.25],
-        counts={"test": 60},
-        near_duplicate_pairs_across_splits=0,
-    ).save(layout.packed_meta)
+    save_tiny_meta(layout.packed_meta, card, {"test": 60})
     layout.onnx_dir.mkdir(parents=True)
     (layout.onnx_dir / "model.onnx").write_bytes(b"fp32 stand-in")
     (layout.onnx_dir / "model.int8.onnx").write_bytes(b"int8 stand-in")

@@ -23,11 +23,10 @@ from tasks.compression.export import export_onnx
 from tasks.core.config import load_params, with_overrides
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
-from tasks.data.packed import PackedMeta
 from tasks.modeling.artifact import load_model, predict
 from tasks.promote import promote
 from tests.conftest import SHRUNK, copy_of_repository, merge, run
-from tests.models import save_tiny_model
+from tests.models import save_tiny_meta, save_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -99,15 +98,7 @@ def make_champion(layout: Layout) -> None:
         labels = predict(network, card.preprocessing(), images).argmax(1)
         np.save(layout.packed_dir / f"{split}_x.npy", images)
         np.save(layout.packed_dir / f"{split}_y.npy", labels)
-    PackedMeta.create(
-        classes=CLASSES,
-        image_size=16,
-        channels=1,
-        mean=[0.5],
-        std=[0.25],
-        counts={"train": 30, "val": 15, "test": 40},
-        near_duplicate_pairs_across_splits=0,
-    ).save(layout.packed_meta)
+    save_tiny_meta(layout.packed_meta, card, {"train": 30, "val": 15, "test": 40})
     export_onnx(network, card, layout.onnx_dir / "model.onnx")
     write_json(layout.compress_report, {"served": "onnx_fp32"})
     write_json(
