@@ -8,8 +8,18 @@ DVC stays the single cache: every task runs ``dvc repro --single-item <stage>``,
 inputs did not change is skipped by DVC here exactly as under ``dvc repro``, and each task says
 truthfully whether its stage ran, was up to date or was restored from DVC's run cache. Prefect adds
 retries with exponential backoff for transient failures (a stage exiting with EX_TEMPFAIL = 75, or
-DVC's repository lock being held) and observability; deployments and schedules are a later
-addition. A stage's output is streamed to the task's log as it comes (progress bars thinned out to
+DVC's repository lock being held) and observability: a stage DVC found up to date ends in a
+Completed state named "Skipped" (not a run), and a finished run leaves a markdown artifact
+(`training-pipeline`) with the test metrics, the baseline and the gate's decision.
+
+Flow parameters override params.yaml keys the way ``dvc exp run -S`` does (`overrides`, e.g.
+``{"train.lr": 0.001}``): checked by the typed config before any stage runs, then written into
+params.yaml (`tasks.core.overrides`). Two runs in one workspace would race on its files: a Prefect
+global concurrency limit of one slot per workspace (`sixfold-workspace-<hash of its path>`)
+makes a second run fail at once with one line, before it touches anything; DVC's own lock is
+the second guard. Deployments and schedules: prefect.yaml at the repository root.
+
+A stage's output is streamed to the task's log as it comes (progress bars thinned out to
 one update every few seconds). A failed stage ends the flow in a Failed state without a traceback:
 its own ``error: ...`` line is in the log once, and ``main()`` exits with the stage's exit code.
 This module knows nothing of tensors; it only reads the DAG and runs stages.
@@ -17,6 +27,8 @@ This module knows nothing of tensors; it only reads the DAG and runs stages.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -25,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed, State
+from prefect.concurrency.sync import concurrency
+from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows.stages import (
@@ -42,9 +56,12 @@ from flows.stages import (
     stage_outcome,
     stream,
 )
+from tasks.core.errors import ConfigError
+from tasks.core.overrides import parse_assignment
+from tasks.core.runner import EX_TEMPFAIL
 
 USAGE = """\
-usage: python -m flows.pipeline [-h]
+usage: python -m flows.pipeline [-h] [--set KEY=VALUE ...]
 
 Run sixfold's training pipeline as a Prefect flow: check params.yaml (python -m tasks.core.config),
 refresh the data source's fingerprint (python -m tasks.source), then one Prefect task per DVC
@@ -59,8 +76,14 @@ finds DVC's lock held is retried twice with exponential backoff.
 exit codes: 0 every stage succeeded; otherwise the failing step's code: 1 a mistake in the data
 or files, 2 a mistake in params.yaml, 75 a transient error that the retries did not fix.
 
+A run holds the workspace: a second run started meanwhile (by hand or by a schedule) fails at
+once with one line and exit 75, touching nothing.
+
 options:
   -h, --help       show this message and exit (nothing is run)
+  --set KEY=VALUE  override a params.yaml key first, as `dvc exp run -S` does (repeatable): the
+                   value is read as YAML, checked by the typed config before any stage runs, and
+                   written into params.yaml (comments kept), so DVC reruns what reads it
 
 environment:
   PREFECT_API_URL  a Prefect server to record the runs in (its UI shows them); without it Prefect
@@ -144,6 +167,16 @@ def _run_step(
 
 
 @task(cache_policy=NO_CACHE, **RETRIES)
+def set_overrides(repo_root: str, overrides: dict[str, Any]) -> str | State:
+    """Check the flow's overrides with the typed config, then write them into params.yaml
+    (``python -m tasks.core.overrides``; a bad one exits 2 with one line, nothing written)."""
+    assignments = [f"--set={key}={json.dumps(value)}" for key, value in overrides.items()]
+    command = python_command("-m", "tasks.core.overrides", *assignments)
+    _, failed = _run_step("overrides", command, repo_root, "the params.yaml overrides")
+    return failed or "ok"
+
+
+@task(cache_policy=NO_CACHE, **RETRIES)
 def check_params(repo_root: str) -> str | State:
     """Check params.yaml before any work (a mistake there exits 2 with one line)."""
     command = python_command("-m", "tasks.core.config")
@@ -159,15 +192,24 @@ def refresh_source(repo_root: str) -> str | State:
     return failed or "ok"
 
 
+SKIPPED = "skipped (up to date)"
+
+
 @task(cache_policy=NO_CACHE, **RETRIES)
-def run_stage(stage: str, repo_root: str) -> str | State:
-    """Run one DVC stage; returns 'ran', 'skipped (up to date)' or 'restored from cache'."""
+def run_stage(stage: str, repo_root: str) -> State:
+    """Run one DVC stage. Its state: Completed named "Skipped" when DVC found it up to date (the
+    UI shows it as skipped, not as a run), else Completed; the data is the outcome: 'ran',
+    'skipped (up to date)' or 'restored from cache'."""
     lines, failed = _run_step(stage, dvc_command("repro", "--single-item", stage), repo_root)
     if failed is not None:
         return failed
     outcome = stage_outcome(stage, lines)
     get_run_logger().info("%s: %s", stage, outcome)
-    return outcome
+    if outcome == SKIPPED:
+        return Completed(
+            name="Skipped", message=f"{stage}: up to date, DVC ran nothing", data=outcome
+        )
+    return Completed(message=f"{stage}: {outcome}", data=outcome)
 
 
 def _failed(state: State) -> State:
@@ -178,14 +220,63 @@ def _failed(state: State) -> State:
     return Failed(message=failure.describe(), data=failure)
 
 
-@flow(name="training-pipeline", log_prints=True)
-def training_pipeline(repo_root: str = ".") -> dict[str, str] | State:
-    """Run every DVC stage in order, one Prefect task each; returns {stage: outcome}, or a Failed
-    state (its data the :class:`StageFailure`) at the first step that fails."""
-    root = str(Path(repo_root).resolve())
-    _drop_empty_tracebacks()
-    for prepare in (check_params, refresh_source):
-        state = prepare(root, return_state=True)
+def workspace_limit(root: str) -> str:
+    """The name of the global concurrency limit that guards the workspace at `root`."""
+    return "sixfold-workspace-" + hashlib.sha256(root.encode()).hexdigest()[:12]
+
+
+WORKSPACE_WAIT_S = 5.0  # a second run waits this long for the workspace, then fails
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_summary(root: Path, outcome: dict[str, str], overrides: dict[str, Any]) -> str:
+    """The run's markdown artifact: test metrics, the baseline, the gate's decision, the stages."""
+    metrics = _read_report(root / "reports" / "metrics.json")
+    gate = _read_report(root / "reports" / "gate.json")
+    test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
+    lines = ["# training-pipeline", ""]
+    if test:
+        low, high = test.get("accuracy_ci", [None, None])
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            f"| test accuracy | {test.get('accuracy')} (95% CI {low} to {high}) |",
+            f"| macro-F1 | {test.get('macro_f1')} |",
+            f"| expected calibration error | {test.get('ece')} |",
+            f"| baseline ({baseline.get('name', '?')}) | {baseline.get('accuracy')} |",
+            "",
+        ]
+    else:
+        lines += ["No test metrics (reports/metrics.json is missing).", ""]
+    if gate:
+        candidate = gate.get("candidate", {}).get("id", "?")
+        champion = gate.get("champion", {}).get("id", "none")
+        lines += [
+            f"**Gate**: {gate.get('decision', '?')} (candidate {candidate}; champion now "
+            f"{champion})",
+            "",
+        ]
+        lines += [f"- {reason}" for reason in gate.get("reasons", [])] + [""]
+    if overrides:
+        lines += ["**Overrides**: " + ", ".join(f"`{k}={v!r}`" for k, v in overrides.items()), ""]
+    lines += ["| stage | outcome |", "|---|---|"]
+    lines += [f"| {stage} | {state} |" for stage, state in outcome.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _run_all(root: str, overrides: dict[str, Any]) -> dict[str, str] | State:
+    if overrides:
+        prepare = set_overrides(root, overrides, return_state=True)
+        if prepare.is_failed():  # a bad override stops the flow before any stage work
+            return _failed(prepare)
+    for step in (check_params, refresh_source):
+        state = step(root, return_state=True)
         if state.is_failed():  # a params.yaml or source error stops the flow before stage work
             return _failed(state)
     outcome: dict[str, str] = {}
@@ -196,16 +287,73 @@ def training_pipeline(repo_root: str = ".") -> dict[str, str] | State:
         outcome[stage] = state.result()
     summary = ", ".join(f"{stage} {state}" for stage, state in outcome.items())
     print(f"training-pipeline: {summary}")
+    create_markdown_artifact(
+        run_summary(Path(root), outcome, overrides),
+        key="training-pipeline",
+        description="Test metrics, baseline and gate decision of the run",
+    )
     return outcome
 
 
-def run_pipeline(repo_root: str | Path = ".") -> dict[str, str]:
+@flow(name="training-pipeline", log_prints=True)
+def training_pipeline(
+    repo_root: str = ".", overrides: dict[str, Any] | None = None
+) -> dict[str, str] | State:
+    """Run every DVC stage in order, one Prefect task each; returns {stage: outcome}, or a Failed
+    state (its data the :class:`StageFailure`) at the first step that fails.
+
+    Args:
+        repo_root: the repository to run in (a deployment runs in its working directory).
+        overrides: params.yaml keys to set first, e.g. ``{"train.lr": 0.001}``, the way
+            ``dvc exp run -S`` sets them (written into params.yaml; checked before any stage).
+    """
+    root = str(Path(repo_root).resolve())
+    _drop_empty_tracebacks()
+    limit = workspace_limit(root)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(limit, 1)
+    try:
+        with concurrency(limit, occupy=1, timeout_seconds=WORKSPACE_WAIT_S, strict=True):
+            return _run_all(root, dict(overrides or {}))
+    except TimeoutError:
+        failure = StageFailure("workspace", EX_TEMPFAIL, "the workspace lock")
+        print(
+            f"error: another training-pipeline run holds the workspace {root} (concurrency limit "
+            f"{limit}); try again when it has finished"
+        )
+        return Failed(message=failure.describe(), data=failure)
+
+
+def run_pipeline(
+    repo_root: str | Path = ".", overrides: dict[str, Any] | None = None
+) -> dict[str, str]:
     """The flow for Python callers: {stage: outcome}; raises :class:`StageFailed` on a failure."""
-    state = training_pipeline(str(repo_root), return_state=True)
+    state = training_pipeline(str(repo_root), overrides, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, StageFailure):
         raise StageFailed(result)
     return state.result()
+
+
+def parse_overrides(arguments: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` (or ``--set=KEY=VALUE``), repeatable; exits 2 on anything else."""
+    overrides: dict[str, Any] = {}
+    remaining = list(arguments)
+    while remaining:
+        flag, _, value = remaining.pop(0).partition("=")
+        if flag != "--set" or not (value or remaining):
+            print(
+                f"error: bad argument {flag!r}; see python -m flows.pipeline --help",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        try:
+            key, parsed = parse_assignment(value or remaining.pop(0))
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        overrides[key] = parsed
+    return overrides
 
 
 def main(arguments: list[str] | None = None) -> None:
@@ -213,18 +361,13 @@ def main(arguments: list[str] | None = None) -> None:
     if arguments and arguments[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
-    if arguments:
-        print(
-            f"error: unknown argument {arguments[0]!r}; see python -m flows.pipeline --help",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    overrides = parse_overrides(arguments)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
-        outcome = run_pipeline(".")
+        outcome = run_pipeline(".", overrides)
     except StageFailed as error:
         raise SystemExit(error.failure.exit_code) from None
-    if all(state == "skipped (up to date)" for state in outcome.values()):
+    if all(state == SKIPPED for state in outcome.values()):
         print("training-pipeline: every stage up to date")
 
 

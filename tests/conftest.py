@@ -1,4 +1,5 @@
-"""Shared fixtures: a temporary copy of the repository with a shrunk config, a real S3 API server.
+"""Shared fixtures: a temporary copy of the repository with a shrunk config, a real S3 API server,
+a real Prefect server.
 
 Tests build the real configuration and shrink it (few epochs, CPU) rather than mocking stages.
 `tests/code/` holds the tests of code (fast), `tests/system/` the end-to-end ones (marked
@@ -167,6 +168,52 @@ def s3_server() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on 127.0.0.1 with its own database (a fresh PREFECT_HOME); yields
+    its API URL (what PREFECT_API_URL names). Its scheduler and other services run as usual."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
+    log = open(home / "server.log", "w")  # noqa: SIM115 (open for the server's whole life)
+    process = subprocess.Popen(
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_for_port(port, process, timeout=180)
+        _wait_for_health(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _wait_for_health(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/health did not answer within {timeout}s")
 
 
 @pytest.fixture
