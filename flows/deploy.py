@@ -2,7 +2,7 @@
 
 Three steps against the server at ``PREFECT_API_URL`` (a local one: ``make prefect-server``):
 
-1. the process work pool (``sixfold`` unless ``--pool``) is created if it does not exist;
+1. the process work pool ``sixfold`` (the one prefect.yaml names) is created if it is missing;
 2. every deployment of prefect.yaml is created or updated (``prefect deploy --all``): the weekly
    `training-pipeline`, the hourly `drift-monitor` and `continual-learning`, which the monitor
    starts when it finds drift. Their runs execute in this repository (``SIXFOLD_REPO``, which
@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 
 import httpx
+from prefect.settings import PREFECT_API_URL
 
 from tasks.core.runner import EX_TEMPFAIL
 
 USAGE = """\
-usage: python -m flows.deploy [-h] [--pool NAME] [--no-worker]
+usage: python -m flows.deploy [-h] [--no-worker]
 
 Create the process work pool, deploy every deployment of prefect.yaml (prefect deploy --all) and
 start a worker for the pool in the foreground, against the Prefect server at PREFECT_API_URL.
@@ -35,7 +36,6 @@ Runs in the repository around the working directory; writes nothing there.
 
 options:
   -h, --help    show this message and exit (nothing is run)
-  --pool NAME   the work pool (default: sixfold, the one prefect.yaml names)
   --no-worker   deploy only; start a worker later with
                 `prefect worker start --pool sixfold --type process`
 
@@ -43,7 +43,8 @@ exit codes: 0 deployed (and, with a worker, the worker stopped by Ctrl-C); 1 a P
 failed; 2 a bad argument or no PREFECT_API_URL; 75 the server did not answer.
 
 environment:
-  PREFECT_API_URL  the Prefect server's API, e.g. http://127.0.0.1:4200/api (make prefect-server)
+  PREFECT_API_URL  the Prefect server's API, e.g. http://127.0.0.1:4200/api (make prefect-server);
+                   or set in the active Prefect profile (prefect config set PREFECT_API_URL=...)
 """
 
 POOL = "sixfold"
@@ -99,19 +100,13 @@ def deploy(root: Path, pool: str) -> None:
     run_prefect(["--no-prompt", "deploy", "--all"], root, "prefect deploy --all")
 
 
-def parse(arguments: list[str]) -> tuple[str, bool]:
-    pool, worker = POOL, True
-    remaining = list(arguments)
-    while remaining:
-        flag, _, value = remaining.pop(0).partition("=")
-        if flag == "--no-worker" and not value:
-            worker = False
-        elif flag == "--pool" and (value or remaining):
-            pool = value or remaining.pop(0)
-        else:
-            print(f"error: bad argument {flag!r}; see python -m flows.deploy --help")
+def parse(arguments: list[str]) -> bool:
+    """Whether to start a worker (no ``--no-worker``); exits 2 on any other argument."""
+    for argument in arguments:
+        if argument != "--no-worker":
+            print(f"error: bad argument {argument!r}; see python -m flows.deploy --help")
             raise SystemExit(2)
-    return pool, worker
+    return "--no-worker" not in arguments
 
 
 def main(arguments: list[str] | None = None) -> None:
@@ -119,8 +114,8 @@ def main(arguments: list[str] | None = None) -> None:
     if any(argument in ("-h", "--help") for argument in arguments):
         print(USAGE, end="")
         return
-    pool, worker = parse(arguments)
-    api_url = os.environ.get("PREFECT_API_URL", "")
+    worker, pool = parse(arguments), POOL
+    api_url = PREFECT_API_URL.value() or ""  # the environment, else the active Prefect profile
     if not api_url:
         print(
             "error: PREFECT_API_URL is not set; start a server (make prefect-server) and "
