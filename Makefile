@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup test-tools bench-tools run report registry serve push pull test test-fast lint format bench bench-selftest flow exps clean lock
+.PHONY: help setup test-tools bench-tools run report registry serve push pull prefect-server deploy monitor drift-demo test test-fast lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,21 @@ pull: setup ## fetch the outputs dvc.lock records from the DVC remote; after it 
 serve: setup ## serve the champion over HTTP with BentoML on serve.host:serve.port (127.0.0.1:3000; run `make run` first)
 	@test -d models/bentoml/models/sixfold-classifier || { echo "make serve: no packaged champion in models/bentoml; run make run first" >&2; exit 1; }
 	@BENTOML_HOME=$(abspath models/bentoml) $(VENV)/bin/bentoml serve deploy.service:Classifier
+
+PREFECT_PORT ?= 4200
+
+prefect-server: setup ## start a local Prefect server (UI and API on 127.0.0.1:4200; PREFECT_PORT=N: another port) in the foreground
+	@echo "prefect-server: UI at http://127.0.0.1:$(PREFECT_PORT); in another terminal: export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api"
+	@$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: setup ## create the process work pool, deploy prefect.yaml (training weekly, drift monitor hourly, continual learning) and start a worker; needs PREFECT_API_URL
+	@$(PYTHON) -m flows.deploy
+
+monitor: setup ## one drift check of the served model's prediction log (reports/monitor/<time>.json)
+	@$(PYTHON) -m flows.monitor
+
+drift-demo: run ## drift found and learnt from, end to end on the champion in a scratch copy (reports/drift_demo.json)
+	@$(PYTHON) -m flows.drift_demo
 
 registry: setup ## list the model registry: every candidate, its metrics and decision, the champion
 	@$(PYTHON) -m tasks.registry

@@ -43,7 +43,12 @@ from tasks.core.layout import Layout
 from tasks.serving.guard import RequestGuard, api_key_from_environment, upload_errors
 from tasks.serving.logbook import PredictionLog, log_folder, prediction_record
 from tasks.serving.metrics import serving_metrics
-from tasks.serving.predictions import Predictions, to_predictions
+from tasks.serving.predictions import (
+    Predictions,
+    joined_outputs,
+    split_outputs,
+    to_predictions,
+)
 from tasks.serving.store import ONNX_FILE, TAG_VARIABLE, model_tag, saved_model
 from tasks.serving.uploads import ImageRules, decode_images, receive_files
 
@@ -103,7 +108,9 @@ NEVER_RECYCLED = {"max_requests": 2**62, "max_age": 1e15}
 
 @bentoml.service(workers=1, runner_connection=NEVER_RECYCLED)
 class Inference:
-    """The served ONNX model (int8 or fp32, preprocessing inside): uint8 images -> probabilities."""
+    """The served ONNX model (int8 or fp32, preprocessing inside): uint8 images -> probabilities,
+    each row followed by the image's embedding when the file has that output (one array, so
+    BentoML's batching splits it as before; `tasks.serving.predictions.split_outputs`)."""
 
     model = bentoml.models.BentoModel(model_tag())  # declared: `bentoml build` records it
 
@@ -120,7 +127,7 @@ class Inference:
         max_latency_ms=SERVE.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> np.ndarray:
-        return self.classifier.probabilities(images)
+        return joined_outputs(*self.classifier.outputs(images))
 
 
 class ImageFiles(bentoml.IODescriptor):
@@ -198,17 +205,21 @@ class Classifier:
         decoded = await asyncio.to_thread(decode_images, images, self.rules)
         batch = np.stack([image.pixels for image in decoded])
         try:
-            probabilities = await self.inference.to_async.classify(batch)
+            outputs = await self.inference.to_async.classify(batch)
         except BentoMLException as error:
             if error.error_code not in OVERLOADED:
                 raise
             message = f"overloaded: try again later (serve.max_latency_ms = {SERVE.max_latency_ms})"
             return JSONResponse({"error": message}, status_code=503)
-        served = to_predictions(np.asarray(probabilities), self.classes)
+        probabilities, embeddings = split_outputs(np.asarray(outputs), self.classes)
+        served = to_predictions(probabilities, self.classes)
         self.metrics.observe(served)
+        per_image = [None] * len(decoded) if embeddings is None else list(embeddings)
         self.log.append(
-            prediction_record(image, prediction, self.version)
-            for image, prediction in zip(decoded, served.predictions, strict=True)
+            prediction_record(image, prediction, self.version, embedding)
+            for image, prediction, embedding in zip(
+                decoded, served.predictions, per_image, strict=True
+            )
         )
         return served
 

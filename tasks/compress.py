@@ -43,6 +43,7 @@ from tasks.core.layout import Layout
 from tasks.core.runner import stage_main
 from tasks.data.packed import load_split
 from tasks.modeling.artifact import WEIGHTS_FILE, load_model
+from tasks.modeling.embedding import embed
 
 BATCH_SIZES = (1, 32)
 
@@ -82,8 +83,13 @@ def compress(params: Params, layout: Layout | None = None) -> CompressReport:
 
     with torch_threads(threads):
         reference = torch_probabilities(module, test_x)
-    fp32 = OnnxClassifier(fp32_path, threads).probabilities(test_x)
+        torch_embeddings, _ = embed(network, card.preprocessing(), test_x)
+    fp32, fp32_embeddings = OnnxClassifier(fp32_path, threads).outputs(test_x)
     difference = check_matches(reference, fp32, config.atol, f"ONNX fp32 ({FP32_FILE})")
+    # the embedding output feeds the drift monitor's MMD test: it must be the network's too
+    check_matches(
+        torch_embeddings, fp32_embeddings, config.atol, f"ONNX fp32 ({FP32_FILE})", "embeddings"
+    )
 
     calibration = calibration_sample(train_x, config.calibration_images, params.seed)
     int8_path = quantize_int8(fp32_path, layout.onnx_dir / INT8_FILE, calibration)

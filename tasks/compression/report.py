@@ -20,8 +20,11 @@ FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 ONNX_FILES: dict[ServedName, str] = {"onnx_fp32": FP32_FILE, "onnx_int8": INT8_FILE}
 # the exported graph takes uint8 (N, C, H, W) images and returns softmax class probabilities
+# (output 0) and the penultimate layer's activations (output 1, `tasks.modeling.embedding`);
+# files exported before the embedding output have output 0 only
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+EMBEDDING_OUTPUT = "embedding"
 # a drop equal to the limit counts as within it, whatever the float rounding of 1/n steps
 _DROP_TOLERANCE = 1e-9
 

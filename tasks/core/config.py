@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.core.config_errors import DuplicateKey, describe, read_yaml
 from tasks.core.config_release import (
     CompressConfig,
+    ContinualConfig,
     EvaluateConfig,
     ExplainConfig,
     GateConfig,
@@ -239,6 +240,7 @@ class Params(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    continual: ContinualConfig = Field(default_factory=ContinualConfig)
 
     @model_validator(mode="after")
     def _search_space_fits(self) -> Params:

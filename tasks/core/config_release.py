@@ -93,3 +93,17 @@ class GateConfig(ReleaseSection):
     min_class_accuracy: float = Field(0.85, ge=0, le=1)
     min_invariance: float = Field(0.9, ge=0, le=1)
     require_beats_baseline: bool = True
+
+
+class ContinualConfig(ReleaseSection):
+    """`continual:`: a labelled batch fine-tunes the champion with replay, behind its own gate."""
+
+    batch: str | None = None  # what the flow learns from when started without a batch
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    # old train images replayed per new train image (1.0: as many old as new), at most all of them
+    replay_fraction: float = Field(2.0, ge=0, le=100)
+    epochs: int = Field(15, ge=1, le=10_000)
+    lr: float = Field(0.001, gt=0, le=10)
+    max_forgetting: float = Field(0.01, ge=0, le=1)
+    min_gain: float = Field(0.0, ge=0, lt=1)
+    min_batch_images: int = Field(20, ge=2)

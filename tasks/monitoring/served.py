@@ -9,8 +9,8 @@ counted and left out, never fatal: the log is best-effort by design.
 A record's image statistics (mean, std, width, height) describe the upload whatever model served
 it; its label, confidence and embedding are the serving model's, so only the records of the
 champion (`model_version` = its registry id) are compared with the champion's reference.
-The embedding (`EMBEDDING_FIELD`, the penultimate layer's activations) is optional: without it
-the MMD test is skipped.
+The embedding (`EMBEDDING_FIELD`, the penultimate layer's activations, which the service logs
+when its ONNX file has the output) is optional: without it the MMD test is skipped.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from tasks.monitoring.drift import IMAGE_FEATURES, Sample
+from tasks.serving.logbook import EMBEDDING_FIELD
 
 LOG_FILE = re.compile(r"predictions-.+\.jsonl(\.\d+)?")  # a worker's log and its rotations
-EMBEDDING_FIELD = "embedding"
 REQUIRED_FIELDS = ("time", "model_version", "label", "confidence", *IMAGE_FEATURES)
 
 

@@ -67,6 +67,17 @@ class Baseline(Record):
     accuracy: float
 
 
+class Lineage(Record):
+    """Where a model that was not trained by the pipeline came from (continual learning)."""
+
+    kind: Literal["continual"]  # fine-tuned from its parent on a new data version, with replay
+    batch: str  # the data version: data/batches/<batch> (a .dvc file versions it)
+    source: str  # where the batch was read from (a folder, a CSV manifest or an s3:// prefix)
+    train_images: int  # of the batch, fine-tuned on
+    test_images: int  # of the batch, held out: part of the candidate's registered test set
+    replay_images: int  # old train images fine-tuned on beside them
+
+
 class Candidate(Record):
     """One model the gate has judged. `files` are relative to `models/registry/<id>/`."""
 
@@ -84,6 +95,8 @@ class Candidate(Record):
     parent: str | None  # the champion when this candidate was registered
     status: Status
     reasons: list[str]  # of the latest decision about it
+    # set for continual learning's challengers only; registries written before it load unchanged
+    lineage: Lineage | None = None
 
 
 class Event(Record):

@@ -9,7 +9,12 @@ service worker writes its own file (`stem` names the worker), so no two processe
 same file.
 
 A record: time (ISO 8601, UTC), model_version, label, confidence, and the image's width,
-height, channels (of the upload), mean and std (of the converted 0-255 pixels, as validate).
+height, channels (of the upload), mean and std (of the converted 0-255 pixels, as validate);
+and, when the served ONNX file has the output, the network's embedding (`EMBEDDING_FIELD`:
+the penultimate layer's activations, `tasks.modeling.embedding`) rounded to
+`EMBEDDING_DIGITS` significant digits, which the drift monitor's MMD test reads. Rounded, a
+128-dimensional embedding takes about 0.8 kB of a line instead of 2.5 kB; the rounding
+(relative error <= 5e-4) is far below the distances the test's kernel sees.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from tasks.serving.predictions import Prediction
 from tasks.serving.uploads import DecodedImage
 
 LOG_DIR_VARIABLE = "SIXFOLD_LOG_DIR"  # overrides serve.log_dir
 QUEUE_RECORDS = 10_000  # records waiting to be written at most (a few MB); more are dropped
 LINES_PER_WRITE = 512  # records joined into one write and flush
+EMBEDDING_FIELD = "embedding"  # the record's embedding; `tasks.monitoring.served` reads it
+EMBEDDING_DIGITS = 4  # significant digits of each logged embedding value
 _STOP = object()
 logger = logging.getLogger(__name__)
 
@@ -42,9 +51,24 @@ def log_folder(root: Path, configured: str) -> Path:
     return folder if folder.is_absolute() else root / folder
 
 
-def prediction_record(image: DecodedImage, prediction: Prediction, version: str) -> dict[str, Any]:
-    """The log line of one prediction (see the module docstring)."""
-    return {
+def significant(values: np.ndarray, digits: int = EMBEDDING_DIGITS) -> list[float]:
+    """`values` rounded to `digits` significant digits, as plain floats (vectorized: about 4 us
+    for 128 values, against 40 us formatting each with `f"{value:.4g}"`)."""
+    array = np.asarray(values, dtype=np.float64).ravel()
+    magnitude = np.floor(np.log10(np.abs(array), where=array != 0, out=np.zeros_like(array)))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return (np.round(array * scale) / scale).tolist()
+
+
+def prediction_record(
+    image: DecodedImage,
+    prediction: Prediction,
+    version: str,
+    embedding: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The log line of one prediction (see the module docstring); `embedding`: the network's
+    embedding of the image (None: the served file has none, and the record has no field)."""
+    record: dict[str, Any] = {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "model_version": version,
         "label": prediction.label,
@@ -55,6 +79,9 @@ def prediction_record(image: DecodedImage, prediction: Prediction, version: str)
         "mean": round(image.mean, 4),
         "std": round(image.std, 4),
     }
+    if embedding is not None:
+        record[EMBEDDING_FIELD] = significant(embedding)
+    return record
 
 
 class PredictionLog:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from tasks.compress import compress, summary_line
@@ -13,6 +14,7 @@ from tasks.compression.export import check_matches, classifier_module, torch_pro
 from tasks.compression.latency import batch_of, latency_ms_per_image
 from tasks.compression.quantize import calibration_sample
 from tasks.compression.report import (
+    EMBEDDING_OUTPUT,
     FP32_FILE,
     INT8_FILE,
     CompressReport,
@@ -25,6 +27,7 @@ from tasks.core.config import load_params, with_overrides
 from tasks.core.errors import MissingInput, UserError
 from tasks.core.layout import Layout
 from tasks.modeling.artifact import load_model
+from tasks.modeling.embedding import embed
 from tests.models import save_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +81,53 @@ def test_onnx_fp32_computes_what_torch_computes_at_any_batch_size(compressed) ->
         assert np.abs(classifier.probabilities(images) - expected).max() <= report.atol
 
 
+def test_both_onnx_files_output_the_embedding_with_a_dynamic_batch(compressed) -> None:
+    layout, _ = compressed
+    for file in (FP32_FILE, INT8_FILE):
+        graph = onnx.load(str(layout.onnx_dir / file)).graph
+        shapes = {
+            output.name: [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
+            for output in graph.output
+        }
+        assert [output.name for output in graph.output] == ["probabilities", EMBEDDING_OUTPUT]
+        assert shapes == {"probabilities": ["batch", 3], EMBEDDING_OUTPUT: ["batch", 16]}, file
+
+
+def test_the_onnx_embedding_is_torchs_and_int8_keeps_the_output(compressed) -> None:
+    layout, report = compressed
+    network, card = load_model(layout.models_dir)
+    fp32 = OnnxClassifier(layout.onnx_dir / FP32_FILE, threads=1)
+    int8 = OnnxClassifier(layout.onnx_dir / INT8_FILE, threads=1)
+    for count in (1, 7, 300):  # 300: more than one scoring batch
+        images = tiny_images(count, seed=count)
+        expected, probabilities = embed(network, card.preprocessing(), images)
+        got, embeddings = fp32.outputs(images)
+        assert embeddings.shape == (count, 16)  # the width-4 CNN's pooled features
+        assert np.abs(embeddings - expected).max() <= report.atol
+        assert np.abs(got - probabilities).max() <= report.atol
+        np.testing.assert_array_equal(got, fp32.probabilities(images))  # one graph, two outputs
+        # an untrained net on noise quantizes coarsely: closeness is for the trained digits
+        # model (tests/model/test_compressed.py)
+        assert int8.outputs(images)[1].shape == (count, 16)
+    assert [part.shape for part in fp32.outputs(tiny_images(0, seed=0))] == [(0, 3), (0, 16)]
+    assert fp32.embedding_size == 16
+
+
+def test_a_file_without_the_embedding_output_still_classifies(compressed, tmp_path) -> None:
+    layout, _ = compressed
+    model = onnx.load(str(layout.onnx_dir / FP32_FILE))  # as exported before the embedding
+    model.graph.output.pop()
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    old = OnnxClassifier(tmp_path / "old.onnx")
+    images = tiny_images(4, seed=2)
+    probabilities, embeddings = old.outputs(images)
+    assert embeddings is None and old.embedding_size is None
+    np.testing.assert_allclose(
+        probabilities, OnnxClassifier(layout.onnx_dir / FP32_FILE).probabilities(images)
+    )
+    assert old.outputs(images[:0])[1] is None
+
+
 def test_the_int8_model_gives_probabilities_and_carries_the_card(compressed) -> None:
     layout, _ = compressed
     classifier = OnnxClassifier(layout.onnx_dir / INT8_FILE)
@@ -127,6 +177,8 @@ def test_a_difference_beyond_atol_stops_with_one_line() -> None:
     assert difference == pytest.approx(1e-5, rel=0.01)  # float32 steps near 1/3
     with pytest.raises(UserError, match=r"differ from torch's by up to 0.001.*compress.atol"):
         check_matches(reference, reference + 1e-3, 1e-4, "ONNX fp32")
+    with pytest.raises(UserError, match=r"ONNX fp32 embeddings differ from torch's"):
+        check_matches(reference, reference + 1e-3, 1e-4, "ONNX fp32", "embeddings")
 
 
 def test_the_calibration_sample_is_seeded_and_capped() -> None:

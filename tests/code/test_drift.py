@@ -239,7 +239,7 @@ def test_the_embedding_is_the_input_of_the_head(arch: str, dimensions: int) -> N
     import torch
 
     from tasks.modeling.artifact import predict
-    from tasks.monitoring.reference import embed
+    from tasks.modeling.embedding import embed, head_name
     from tests.models import tiny_card
 
     card = tiny_card(CLASSES, 16, "test").model_copy(update={"arch": arch})
@@ -250,11 +250,35 @@ def test_the_embedding_is_the_input_of_the_head(arch: str, dimensions: int) -> N
     assert embeddings.shape == (5, dimensions)
     expected = predict(network, card.preprocessing(), images)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
-    head = network.get_submodule(network.head_prefix.rstrip("."))
+    head = network.get_submodule(head_name(network))
     np.testing.assert_allclose(
         torch.softmax(head(torch.from_numpy(embeddings)), 1).detach().numpy(), expected, atol=1e-5
     )
-    assert not network.get_submodule(network.head_prefix.rstrip("."))._forward_pre_hooks
+    # what the head receives, caught by a hook on the network itself
+    caught: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, inputs: caught.append(inputs[0]))
+    with torch.no_grad():
+        network(card.preprocessing()(images))
+    hook.remove()
+    np.testing.assert_allclose(embeddings, caught[0].flatten(1).numpy(), atol=1e-6)
+    assert isinstance(head[-1], torch.nn.Linear)  # the network keeps its head
+
+
+def test_the_embedding_network_shares_the_weights_of_the_network() -> None:
+    import torch
+
+    from tasks.modeling.embedding import EmbeddingNetwork
+    from tests.models import tiny_card, tiny_network
+
+    card = tiny_card(CLASSES, 16, "test")
+    network = tiny_network(card, seed=0)
+    split = EmbeddingNetwork(network).eval()
+    with torch.no_grad():
+        next(network.parameters()).mul_(2.0)  # a change to the network shows in the copy
+        logits, _ = split(card.preprocessing()(np.zeros((2, 1, 16, 16), np.uint8)))
+        np.testing.assert_allclose(
+            logits.numpy(), network(card.preprocessing()(np.zeros((2, 1, 16, 16), np.uint8)))
+        )
 
 
 def test_embeddings_of_another_size_are_not_compared() -> None:

@@ -113,3 +113,29 @@ def test_config_check_answers_help(help_repo: Path) -> None:
     ]
     result = run(["python", "-m", "tasks.core.config"], help_repo, check=False)
     assert (result.returncode, result.stdout) == (0, "params.yaml: ok\n")
+
+
+ENTRY_POINTS = [
+    "flows.pipeline",
+    "flows.monitor",
+    "flows.continual",
+    "flows.deploy",
+    "flows.drift_demo",
+    "tasks.monitoring.simulate",
+    "tasks.core.overrides",
+]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_entry_point_answers_help_and_refuses_a_bad_argument(
+    help_repo: Path, module: str
+) -> None:
+    before = _tree(help_repo)
+    result = run(["python", "-m", module, "--help"], help_repo, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"usage: python -m {module} [-h]"), result.stdout[:300]
+    result = run(["python", "-m", module, "--bogus"], help_repo, check=False)
+    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "--bogus" in lines[0], lines
+    assert _tree(help_repo) == before, "--help or a refused command line did work"

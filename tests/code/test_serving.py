@@ -40,8 +40,14 @@ from tasks.registry.store import (
     store_files,
 )
 from tasks.serving.guard import RequestGuard, documented, error_body, upload_errors
-from tasks.serving.logbook import PredictionLog, log_folder
-from tasks.serving.predictions import to_predictions
+from tasks.serving.logbook import (
+    EMBEDDING_FIELD,
+    PredictionLog,
+    log_folder,
+    prediction_record,
+    significant,
+)
+from tasks.serving.predictions import joined_outputs, split_outputs, to_predictions
 from tasks.serving.uploads import (
     ImageRules,
     RequestProblem,
@@ -268,7 +274,43 @@ def test_predictions_keep_the_order_of_the_rows() -> None:
         to_predictions(probabilities[:, :2], CLASSES)
 
 
+def test_the_inference_array_carries_the_embeddings_after_the_probabilities() -> None:
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32)
+    embeddings = np.arange(8, dtype=np.float32).reshape(2, 4)
+    joined = joined_outputs(probabilities, embeddings)
+    assert joined.shape == (2, 7)
+    back, back_embeddings = split_outputs(joined, CLASSES)
+    np.testing.assert_array_equal(back, probabilities)
+    np.testing.assert_array_equal(back_embeddings, embeddings)
+    # a model without the embedding output (exported before it): probabilities only
+    alone = joined_outputs(probabilities, None)
+    assert alone is probabilities and split_outputs(alone, CLASSES)[1] is None
+    with pytest.raises(ValueError, match="shape"):
+        split_outputs(probabilities[:, :2], CLASSES)
+
+
 # ------------------------------------------------------------------ the prediction log
+
+
+def test_a_record_carries_the_embedding_rounded_to_four_significant_digits(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "one.png"
+    path.write_bytes(png_bytes(noise(0, (16, 16))))
+    rules = ImageRules(
+        min_size=8, max_pixels=4096, channels=1, pixels=tiny_card().preprocessing().pixels
+    )
+    (image,) = decode_images([path], rules)
+    (prediction,) = to_predictions(np.array([[0.2, 0.5, 0.3]], np.float32), CLASSES).predictions
+    embedding = np.array([0.0, 1.234567, -98765.4, 3.0e-7, 12.5], np.float32)
+    record = prediction_record(image, prediction, "v1", embedding)
+    assert record[EMBEDDING_FIELD] == [0.0, 1.235, -98770.0, 3.0e-7, 12.5]
+    assert EMBEDDING_FIELD not in prediction_record(image, prediction, "v1")  # an older model
+    line = json.dumps(record[EMBEDDING_FIELD])
+    assert len(line) < 45  # short decimals, not float32 noise (1.2345670461654663)
+    values = np.random.default_rng(0).gamma(1.0, 2.0, 128)
+    rounded = np.array(significant(values))
+    assert np.all(np.abs(rounded - values) <= 5e-4 * np.abs(values))
 
 
 def records(count: int, start: int = 0) -> list[dict]:

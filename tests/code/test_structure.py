@@ -45,6 +45,7 @@ LAYERS = (  # each package may import only itself and the packages before it
     "tasks.serving",
     "tasks.packaging",
     "tasks.monitoring",
+    "tasks.continual",  # fine-tunes the champion on a new batch; registers and packages it
 )
 TORCH_FREE = ("tasks.core", "tasks.reporting", "tasks.evaluation", "flows")
 HEAVY = {"torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning"}

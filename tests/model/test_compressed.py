@@ -18,6 +18,7 @@ from tasks.core.config import load_params
 from tasks.core.layout import Layout
 from tasks.data.packed import load_split
 from tasks.modeling.artifact import load_model, predict
+from tasks.modeling.embedding import embed
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,20 @@ def test_the_onnx_models_compute_what_the_torch_model_computes(trained_repo: Pat
     agreement = (served.predict(test_x) == expected.argmax(axis=1)).mean()
     assert agreement >= 0.99, f"the served model agrees with torch on {agreement:.1%} of images"
     assert served.classes == card.classes
+
+
+def test_both_onnx_models_give_the_networks_embedding(trained_repo: Path) -> None:
+    layout = Layout(trained_repo)
+    report = CompressReport.load(layout.compress_report)
+    network, card = load_model(layout.models_dir)
+    test_x, _ = load_split("test", layout.packed_dir)
+    expected, _ = embed(network, card.preprocessing(), test_x)  # the monitor's definition
+    _, fp32 = OnnxClassifier(layout.onnx_dir / FP32_FILE).outputs(test_x)
+    assert fp32.shape == expected.shape and np.abs(fp32 - expected).max() <= report.atol
+    served = OnnxClassifier(served_model_path(layout.onnx_dir, layout.compress_report))
+    _, quantized = served.outputs(test_x)
+    # int8 steps (measured: within 0.047 on values up to 4.3)
+    assert np.abs(quantized - expected).max() <= 0.05 * np.abs(expected).max()
 
 
 def test_the_report_matches_the_files(trained_repo: Path) -> None:

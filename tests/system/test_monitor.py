@@ -5,7 +5,8 @@ repository.
 
 Clean uploads are the test split's own raw files; drifted ones are the same files rotated,
 inverted or made noisy, each upload decoded by the service's own decoder
-(`tasks.serving.uploads.decode_images`) so its logged statistics are what the service logs.
+(`tasks.serving.uploads.decode_images`) and classified and embedded by the champion's served
+ONNX file (int8), so its logged statistics, prediction and embedding are what the service logs.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
+from tasks.compression.report import INT8_FILE
+from tasks.compression.runtime import OnnxClassifier
 from tasks.core.config import load_params
 from tasks.core.layout import Layout
 from tasks.modeling.artifact import load_model
-from tasks.monitoring.reference import embed
-from tasks.monitoring.served import EMBEDDING_FIELD
 from tasks.registry.store import champion
 from tests.conftest import run
 from tests.system.test_flow import PREFECT_ENV
@@ -78,8 +79,9 @@ def drifted_files(sources: list[Path], folder: Path, kinds: list[str], seed: int
 
 
 def log_predictions(repo: Path, uploads: list[Path], log_file: Path) -> None:
-    """Append the champion's prediction record for each upload to `log_file`, as the service
-    writes it (tasks.serving.logbook.prediction_record), with the network's embedding."""
+    """Append the service's prediction record for each upload to `log_file`: the champion's
+    served ONNX file gives the probabilities and the embedding (`OnnxClassifier.outputs`, what
+    the service's inference process runs) and `prediction_record` writes the line."""
     from tasks.serving.logbook import prediction_record
     from tasks.serving.predictions import to_predictions
     from tasks.serving.uploads import ImageRules, decode_images
@@ -87,21 +89,19 @@ def log_predictions(repo: Path, uploads: list[Path], log_file: Path) -> None:
     layout = Layout(repo)
     params = load_params(layout.params_file)
     files = champion(layout.registry_dir)
-    network, card = load_model(files.folder)
-    preprocessing = card.preprocessing()
+    _, card = load_model(files.folder)
     rules = ImageRules(
-        params.data.min_size, params.data.max_pixels, card.channels, preprocessing.pixels
+        params.data.min_size, params.data.max_pixels, card.channels, card.preprocessing().pixels
     )
     decoded = decode_images(uploads, rules)
-    embeddings, probabilities = embed(
-        network, preprocessing, np.stack([image.pixels for image in decoded])
-    )
+    served = OnnxClassifier(files.served_onnx)
+    probabilities, embeddings = served.outputs(np.stack([image.pixels for image in decoded]))
+    assert embeddings is not None, f"{files.served_onnx} has no embedding output"
     predictions = to_predictions(probabilities, card.classes).predictions
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as handle:
         for image, prediction, embedding in zip(decoded, predictions, embeddings, strict=True):
-            record = prediction_record(image, prediction, files.entry.id)
-            record[EMBEDDING_FIELD] = [round(float(value), 4) for value in embedding]
+            record = prediction_record(image, prediction, files.entry.id, embedding)
             handle.write(json.dumps(record) + "\n")
 
 
@@ -128,6 +128,8 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
     repo = copy_for_monitoring(trained_repo, tmp_path / "repo")
     log_file = repo / "logs" / "predictions" / "predictions-1.jsonl"
     clean = split_files(repo, "test")
+    # the served embeddings are int8's, the reference's too (the same file): no false drift
+    assert champion(Layout(repo).registry_dir).served_onnx.name == INT8_FILE
 
     log_predictions(repo, clean[:20], log_file)  # too few to tell: no verdict, state unmoved
     result = monitor(repo)
@@ -161,6 +163,15 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
     assert "mmd:embedding" in drifted and "ks:std" in drifted, report["tests"]
     state = json.loads((repo / "reports" / "monitor" / "state.json").read_text())
     assert state["until"] == report["until"]
+
+    uploads = drifted_files(clean, tmp_path / "inverted", ["inverted"], seed=0)
+    log_predictions(repo, uploads, log_file)
+    result = monitor(repo)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = latest_report(repo)
+    (mmd,) = [test for test in report["tests"] if test["name"] == "mmd:embedding"]
+    assert report["drift"] is True and mmd["drift"] is True, mmd
+    assert mmd["samples"]["served"] == len(uploads)
 
 
 # Starts drift_monitor with on_drift naming a deployment registered on the same (temporary)

@@ -35,6 +35,7 @@ from tasks.compression.runtime import OnnxClassifier
 from tasks.core.layout import Layout
 from tasks.packaging.server import Server, bentoml_serve_command, free_port, running
 from tasks.registry.store import champion
+from tasks.serving.logbook import EMBEDDING_FIELD
 from tasks.serving.store import bentoml_environment
 from tasks.serving.uploads import ImageRules, decode_image
 from tests.code.test_serving import (
@@ -300,7 +301,9 @@ def test_concurrent_requests_are_batched_and_counted(server: Server) -> None:
     assert metric(server, "sixfold_prediction_confidence_count") - confidences == len(answered)
 
 
-def test_each_prediction_is_logged(server: Server, repo: Path) -> None:
+def test_each_prediction_is_logged(
+    server: Server, repo: Path, offline: tuple, tmp_path: Path
+) -> None:
     image = images_of(range(200, 201), side=20)
     response = httpx.post(f"{server.url}/predict", files=files(image), timeout=30)
     label = response.json()["predictions"][0]["label"]
@@ -314,8 +317,18 @@ def test_each_prediction_is_logged(server: Server, repo: Path) -> None:
     version = champion(Layout(repo).registry_dir).entry.id
     assert found and found[-1]["label"] == label and found[-1]["model_version"] == version
     assert set(found[-1]) == {
-        "time", "model_version", "label", "confidence", "width", "height", "channels", "mean", "std"
+        "time", "model_version", "label", "confidence", "width", "height", "channels", "mean",
+        "std", EMBEDDING_FIELD,
     }  # fmt: skip
+    # the served ONNX file's embedding of the image (the width-4 CNN's 16 pooled features),
+    # rounded to 4 significant digits
+    rules, model = offline
+    path = tmp_path / "logged.png"
+    path.write_bytes(image[0])
+    _, embedding = model.outputs(decode_image(path, rules).pixels[None])
+    logged = np.array(found[-1][EMBEDDING_FIELD])
+    assert logged.shape == (16,) == embedding[0].shape
+    np.testing.assert_allclose(logged, embedding[0], rtol=5e-4, atol=1e-12)
 
 
 # ------------------------------------------------------------------ 500 malformed requests
