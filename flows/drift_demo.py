@@ -156,10 +156,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         bars = axis.bar(positions + offset, values, width=0.4, label=name)
         axis.bar_label(bars, fmt="%.3f", fontsize=8)
     axis.set_xticks(positions, groups)
-    axis.set(ylim=(0, 1.15), ylabel="accuracy over HTTP")
+    axis.set(ylim=(0, 1.3), ylabel="accuracy over HTTP")
     verdict = "promoted" if result["promoted"] else "not promoted"
     axis.set_title(f"drift demo: challenger {verdict}")
-    axis.legend(loc="lower left", fontsize=8)
+    axis.legend(loc="upper center", ncol=2, fontsize=8)
     save_figure(figure, path)
 
 
