@@ -11,23 +11,22 @@ a network, and flows know no tensors. The flow reads the run's report and return
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
-from prefect.tasks import exponential_backoff
 
-from flows.stages import StageFailure, python_command, stream
+from flows.stages import TRANSIENT_RETRIES, StageFailure, python_command, run_in_child
 from tasks.core.config import load_params
 from tasks.core.errors import ConfigError
 from tasks.core.io import read_json
 from tasks.core.layout import Layout
+from tasks.core.options import parse_options
 
 LEARN_MODULE = "tasks.continual.run"
 NOTHING_CONFIGURED = (
@@ -62,35 +61,15 @@ environment:
 """
 
 
-def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    failure = state.result(raise_on_failure=False)
-    return isinstance(failure, StageFailure) and failure.transient
-
-
-@task(
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=_is_transient,
-)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def learn_from_batch(repo_root: str, batch: str, force: bool) -> dict[str, Any] | State:
-    """Run one round in a child process; returns its report, or a Failed state (no traceback:
-    the child's own `error: ...` line is in the log)."""
-    logger = get_run_logger()
-
-    def forward(text: str, is_progress: bool) -> None:
-        if text.strip() and not is_progress:
-            level = logging.ERROR if text.lower().startswith("error") else logging.INFO
-            logger.log(level, "%s", text.rstrip())
-
+    """Run one round in a child process; returns its report, or a Failed state."""
     with tempfile.TemporaryDirectory(prefix="sixfold-continual-") as scratch:
         result = Path(scratch) / "report.json"
         arguments = ["--batch", batch, "--result", str(result), *(["--force"] if force else [])]
-        exit_code = stream(python_command("-m", LEARN_MODULE, *arguments), repo_root, forward)
-        if exit_code != 0:
-            failure = StageFailure("continual-learning", exit_code, "continual learning")
-            return Failed(message=failure.describe(), data=failure)
-        return read_json(result)
+        command = python_command("-m", LEARN_MODULE, *arguments)
+        failed = run_in_child(command, repo_root, "continual-learning", "continual learning")
+        return failed or read_json(result)
 
 
 def outcome(report: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -153,20 +132,11 @@ def continual_learning(
 
 def _options(arguments: list[str]) -> tuple[str | None, bool]:
     """--batch (``--batch value`` or ``--batch=value``) and --force; exits 2 on anything else."""
-    batch, force = None, False
-    while arguments:
-        flag, _, value = arguments.pop(0).partition("=")
-        if flag == "--force" and not value:
-            force = True
-        elif flag == "--batch" and (value or arguments):
-            batch = value or arguments.pop(0)
-        else:
-            print(
-                f"error: bad argument {flag!r}; see python -m flows.continual --help",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-    return batch, force
+    options = parse_options(
+        arguments, USAGE.splitlines()[0], valued=("--batch",), switches=("--force",)
+    )
+    batch = options.get("--batch")
+    return (batch if isinstance(batch, str) else None), bool(options.get("--force"))
 
 
 def main(arguments: list[str] | None = None) -> None:

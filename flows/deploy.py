@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 from prefect.settings import PREFECT_API_URL
 
+from tasks.core.options import parse_options
 from tasks.core.runner import EX_TEMPFAIL
 
 USAGE = """\
@@ -102,11 +103,8 @@ def deploy(root: Path, pool: str) -> None:
 
 def parse(arguments: list[str]) -> bool:
     """Whether to start a worker (no ``--no-worker``); exits 2 on any other argument."""
-    for argument in arguments:
-        if argument != "--no-worker":
-            print(f"error: bad argument {argument!r}; see python -m flows.deploy --help")
-            raise SystemExit(2)
-    return "--no-worker" not in arguments
+    options = parse_options(arguments, USAGE.splitlines()[0], valued=(), switches=("--no-worker",))
+    return not options.get("--no-worker")
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -45,7 +45,9 @@ from flows.stages import python_command
 from tasks.core.config import load_params_or_exit
 from tasks.core.errors import shown
 from tasks.core.layout import Layout
+from tasks.core.options import parse_options
 from tasks.core.plotting import pyplot, save_figure
+from tasks.core.runner import usage_error
 from tasks.packaging.server import bentoml_serve_command, free_port, running
 from tasks.registry.store import load_registry
 
@@ -234,24 +236,14 @@ def drift_demo(
 
 
 def _options(arguments: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"kind": "invert", "requests": 300, "keep": False}
-    while arguments:
-        flag, _, value = arguments.pop(0).partition("=")
-        if flag == "--keep" and not value:
-            options["keep"] = True
-        elif flag in ("--kind", "--requests") and (value or arguments):
-            value = value or arguments.pop(0)
-            if flag == "--requests" and not (value.isdigit() and int(value) > 0):
-                print(f"error: --requests must be a positive integer, got {value!r}")
-                raise SystemExit(2)
-            options[flag[2:]] = int(value) if flag == "--requests" else value
-        else:
-            print(f"error: bad argument {flag!r}; see python -m flows.drift_demo --help")
-            raise SystemExit(2)
-    if options["kind"] not in ("invert", "rotate", "thicken", "noise"):
-        print(f"error: --kind must be invert, rotate, thicken or noise, got {options['kind']!r}")
-        raise SystemExit(2)
-    return options
+    usage = USAGE.splitlines()[0]
+    given = parse_options(arguments, usage, valued=("--kind", "--requests"), switches=("--keep",))
+    kind, requests = str(given.get("--kind", "invert")), str(given.get("--requests", "300"))
+    if kind not in ("invert", "rotate", "thicken", "noise"):
+        usage_error(usage, f"--kind must be invert, rotate, thicken or noise, got {kind!r}")
+    if not (requests.isdigit() and int(requests) > 0):
+        usage_error(usage, f"--requests must be a positive integer, got {requests!r}")
+    return {"kind": kind, "requests": int(requests), "keep": bool(given.get("--keep"))}
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -15,7 +15,6 @@ waiting for it, through `prefect.deployments.run_deployment` when drift is found
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -26,12 +25,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.states import Failed, State
-from prefect.tasks import exponential_backoff
 
-from flows.stages import StageFailure, python_command, stream
+from flows.stages import TRANSIENT_RETRIES, StageFailure, python_command, run_in_child
 from tasks.core.errors import shown
 from tasks.core.io import read_json
 from tasks.core.layout import Layout
+from tasks.core.options import parse_options
 from tasks.monitoring.report import report_path
 
 CHECK_MODULE = "tasks.monitoring.run"
@@ -58,33 +57,13 @@ environment:
 """
 
 
-def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    failure = state.result(raise_on_failure=False)
-    return isinstance(failure, StageFailure) and failure.transient
-
-
-@task(
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=_is_transient,
-)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def run_check(repo_root: str, report: str, since: str | None) -> dict[str, Any] | State:
-    """Run one check in a child process; returns its report, or a Failed state (no traceback:
-    the child's own `error: ...` line is in the log)."""
-    logger = get_run_logger()
-
-    def forward(text: str, is_progress: bool) -> None:
-        if text.strip() and not is_progress:
-            level = logging.ERROR if text.lower().startswith("error") else logging.INFO
-            logger.log(level, "%s", text.rstrip())
-
+    """Run one check in a child process; returns its report, or a Failed state."""
     arguments = ["--report", report, *(["--since", since] if since else [])]
-    exit_code = stream(python_command("-m", CHECK_MODULE, *arguments), repo_root, forward)
-    if exit_code != 0:
-        failure = StageFailure("drift-monitor", exit_code, "the drift check")
-        return Failed(message=failure.describe(), data=failure)
-    return read_json(report)
+    command = python_command("-m", CHECK_MODULE, *arguments)
+    failed = run_in_child(command, repo_root, "drift-monitor", "the drift check")
+    return failed or read_json(report)
 
 
 @task(cache_policy=NO_CACHE)
@@ -125,19 +104,12 @@ def drift_monitor(
     return payload["drift"]
 
 
-def _options(arguments: list[str]) -> dict[str, str]:
+FLAGS = ("--since", "--on-drift")
+
+
+def _options(arguments: list[str]) -> dict[str, str | bool]:
     """--since and --on-drift (``--flag value`` or ``--flag=value``); exits 2 on anything else."""
-    values: dict[str, str] = {}
-    while arguments:
-        flag, _, value = arguments.pop(0).partition("=")
-        if flag not in ("--since", "--on-drift") or not (value or arguments):
-            print(
-                f"error: bad argument {flag!r}; see python -m flows.monitor --help",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-        values[flag] = value or arguments.pop(0)
-    return values
+    return parse_options(arguments, USAGE.splitlines()[0], valued=FLAGS)
 
 
 def main(arguments: list[str] | None = None) -> None:
@@ -147,7 +119,8 @@ def main(arguments: list[str] | None = None) -> None:
         return
     options = _options(arguments)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    state = drift_monitor(".", options.get("--since"), options.get("--on-drift"), return_state=True)
+    since, on_drift = (str(options[flag]) if flag in options else None for flag in FLAGS)
+    state = drift_monitor(".", since, on_drift, return_state=True)
     failure = state.result(raise_on_failure=False)
     if isinstance(failure, StageFailure):
         raise SystemExit(failure.exit_code)

@@ -42,9 +42,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
-from prefect.tasks import exponential_backoff
 
 from flows.stages import (
+    TRANSIENT_RETRIES,
     DvcOutput,
     ProgressThrottle,
     StageFailure,
@@ -129,18 +129,6 @@ def stage_order(repo_root: str | Path = ".") -> list[str]:
         return [stage.name for stage in order if getattr(stage, "name", None)]
 
 
-def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    failure = state.result(raise_on_failure=False)
-    return isinstance(failure, StageFailure) and failure.transient
-
-
-RETRIES = {
-    "retries": 2,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
-    "retry_condition_fn": _is_transient,
-}
-
-
 def _run_step(
     name: str, command: list[str], repo_root: str, label: str | None = None
 ) -> tuple[list[str], State | None]:
@@ -166,7 +154,7 @@ def _run_step(
     return dvc_output.lines, Failed(message=failure.describe(), data=failure)
 
 
-@task(cache_policy=NO_CACHE, **RETRIES)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def set_overrides(repo_root: str, overrides: dict[str, Any]) -> str | State:
     """Check the flow's overrides with the typed config, then write them into params.yaml
     (``python -m tasks.core.overrides``; a bad one exits 2 with one line, nothing written)."""
@@ -176,7 +164,7 @@ def set_overrides(repo_root: str, overrides: dict[str, Any]) -> str | State:
     return failed or "ok"
 
 
-@task(cache_policy=NO_CACHE, **RETRIES)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def check_params(repo_root: str) -> str | State:
     """Check params.yaml before any work (a mistake there exits 2 with one line)."""
     command = python_command("-m", "tasks.core.config")
@@ -184,7 +172,7 @@ def check_params(repo_root: str) -> str | State:
     return failed or "ok"
 
 
-@task(cache_policy=NO_CACHE, **RETRIES)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def refresh_source(repo_root: str) -> str | State:
     """Re-fingerprint data.source so DVC sees files added to a folder or bucket outside the repo."""
     command = python_command("-m", "tasks.source")
@@ -195,7 +183,7 @@ def refresh_source(repo_root: str) -> str | State:
 SKIPPED = "skipped (up to date)"
 
 
-@task(cache_policy=NO_CACHE, **RETRIES)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def run_stage(stage: str, repo_root: str) -> State:
     """Run one DVC stage. Its state: Completed named "Skipped" when DVC found it up to date (the
     UI shows it as skipped, not as a run), else Completed; the data is the outcome: 'ran',

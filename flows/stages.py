@@ -11,6 +11,7 @@ are read here, in one place. Torch-free: this module runs stages, it does not tr
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import re
 import signal
@@ -21,6 +22,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.states import Failed, State
+from prefect.tasks import exponential_backoff
 
 from tasks.core.runner import EX_CONFIG, EX_INTERRUPTED, EX_TEMPFAIL, EX_USER  # torch-free
 
@@ -237,3 +243,35 @@ def dvc_command(*arguments: str) -> list[str]:
 def python_command(*arguments: str) -> list[str]:
     """``python <arguments>`` with this interpreter."""
     return [sys.executable, *arguments]
+
+
+def is_transient_state(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: retry only a step whose failure says a retry may succeed."""
+    failure = state.result(raise_on_failure=False)
+    return isinstance(failure, StageFailure) and failure.transient
+
+
+# The retries of every step that runs a command: twice, 5 s then 10 s later, transient ones only.
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_condition_fn": is_transient_state,
+}
+
+
+def run_in_child(command: list[str], repo_root: str, step: str, label: str) -> State | None:
+    """Run `command` in `repo_root` from a Prefect task, its lines (progress bars left out) in
+    the run's log; None on success, else the Failed state to return (its data the
+    :class:`StageFailure`; no traceback: the child's own ``error: ...`` line is in the log)."""
+    logger = get_run_logger()
+
+    def forward(text: str, is_progress: bool) -> None:
+        if text.strip() and not is_progress:
+            level = logging.ERROR if text.lower().startswith("error") else logging.INFO
+            logger.log(level, "%s", text.rstrip())
+
+    exit_code = stream(command, repo_root, forward)
+    if exit_code == 0:
+        return None
+    failure = StageFailure(step, exit_code, label)
+    return Failed(message=failure.describe(), data=failure)

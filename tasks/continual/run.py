@@ -59,7 +59,13 @@ from tasks.core.config import Params, load_params_or_exit
 from tasks.core.errors import UserError, shown
 from tasks.core.io import read_json, write_json
 from tasks.core.layout import Layout
-from tasks.core.runner import print_help, stage_help, stage_main, usage_error, wants_help
+from tasks.core.options import parse_options
+from tasks.core.runner import (
+    print_help,
+    stage_help,
+    stage_main,
+    wants_help,
+)
 from tasks.data.packed import load_split
 from tasks.modeling.artifact import load_model
 from tasks.packaging.bento import package
@@ -239,23 +245,14 @@ def fine_tune_and_decide(
 
 def parse_arguments(arguments: Sequence[str]) -> tuple[str | None, bool, Path | None]:
     """--batch, --force and --result (``--flag value`` or ``--flag=value``); exit 2 otherwise."""
-    values: dict[str, str] = {}
-    force = False
-    remaining = list(arguments)
-    while remaining:
-        flag, _, value = remaining.pop(0).partition("=")
-        if flag == "--force" and not value:
-            force = True
-            continue
-        if flag not in ("--batch", "--result"):
-            usage_error(USAGE, f"unknown argument {flag!r}")
-        if not value:
-            if not remaining:
-                usage_error(USAGE, f"{flag} needs a value")
-            value = remaining.pop(0)
-        values[flag] = value
-    result = Path(values["--result"]).resolve() if "--result" in values else None
-    return values.get("--batch"), force, result
+    values = parse_options(arguments, USAGE, valued=("--batch", "--result"), switches=("--force",))
+    result = values.get("--result")
+    batch = values.get("--batch")
+    return (
+        batch if isinstance(batch, str) else None,
+        bool(values.get("--force")),
+        Path(result).resolve() if isinstance(result, str) else None,
+    )
 
 
 def main(arguments: Sequence[str] | None = None) -> None:

@@ -26,7 +26,14 @@ from tasks.core.config import Params, load_params_or_exit
 from tasks.core.errors import shown
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
-from tasks.core.runner import print_help, stage_help, stage_main, usage_error, wants_help
+from tasks.core.options import parse_options
+from tasks.core.runner import (
+    print_help,
+    stage_help,
+    stage_main,
+    usage_error,
+    wants_help,
+)
 from tasks.monitoring.drift import judge, too_few
 from tasks.monitoring.reference import build_reference
 from tasks.monitoring.report import (
@@ -95,25 +102,15 @@ def check_drift(
 
 def parse_arguments(arguments: Sequence[str]) -> tuple[datetime | None, Path | None]:
     """--since and --report (each as ``--flag value`` or ``--flag=value``)."""
-    values: dict[str, str] = {}
-    remaining = list(arguments)
-    while remaining:
-        flag, _, value = remaining.pop(0).partition("=")
-        if flag not in ("--since", "--report"):
-            usage_error(USAGE, f"unknown argument {flag!r}")
-        if not value:
-            if not remaining:
-                usage_error(USAGE, f"{flag} needs a value")
-            value = remaining.pop(0)
-        values[flag] = value
+    values = parse_options(arguments, USAGE, valued=("--since", "--report"))
     since = None
-    if "--since" in values:
+    if isinstance(text := values.get("--since"), str):
         try:
-            since = parse_time(values["--since"])
+            since = parse_time(text)
         except ValueError:
-            usage_error(USAGE, f"--since {values['--since']!r} is not an ISO 8601 time")
-    report = Path(values["--report"]).resolve() if "--report" in values else None
-    return since, report
+            usage_error(USAGE, f"--since {text!r} is not an ISO 8601 time")
+    report = values.get("--report")
+    return since, Path(report).resolve() if isinstance(report, str) else None
 
 
 def main(arguments: Sequence[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from PIL import Image, ImageFilter
 
 from tasks.core.errors import UserError, shown
 from tasks.core.layout import Layout
+from tasks.core.options import parse_options
 from tasks.core.runner import print_help, stage_main, usage_error, wants_help
 
 MODULE = "tasks.monitoring.simulate"
@@ -117,22 +118,13 @@ USAGE = f"usage: python -m {MODULE} [-h] --kind KIND --out DIR [--splits LIST]"
 
 
 def parse_arguments(arguments: Sequence[str]) -> tuple[str, list[str], Path]:
-    values = {"--splits": "train,val"}
-    remaining = list(arguments)
-    while remaining:
-        flag, _, value = remaining.pop(0).partition("=")
-        if flag not in ("--kind", "--splits", "--out"):
-            usage_error(USAGE, f"unknown argument {flag!r}")
-        if not value:
-            if not remaining:
-                usage_error(USAGE, f"{flag} needs a value")
-            value = remaining.pop(0)
-        values[flag] = value
+    values = parse_options(arguments, USAGE, valued=("--kind", "--splits", "--out"))
     for required in ("--kind", "--out"):
         if required not in values:
             usage_error(USAGE, f"{required} is required")
-    splits = [name.strip() for name in values["--splits"].split(",") if name.strip()]
-    return values["--kind"], splits, Path(values["--out"]).resolve()
+    splits_text = str(values.get("--splits", "train,val"))
+    splits = [name.strip() for name in splits_text.split(",") if name.strip()]
+    return str(values["--kind"]), splits, Path(str(values["--out"])).resolve()
 
 
 def main(arguments: Sequence[str] | None = None) -> None:
