@@ -55,7 +55,7 @@ class NaiveImages(Dataset):
         meta: PackedMeta,
     ):
         self.files_dir, self.paths, self.labels = files_dir, paths, labels
-        self.size, self.channels = params.data.image_size, params.data.channels
+        self.size, self.channels = meta.image_size, meta.channels  # as packed (auto resolved)
         self.transform = torchvision_equivalent(params.augment)
         # the shared preprocessing's statistics, shaped (C, 1, 1) for one image at a time
         preprocessing = preprocessing_for(meta)
@@ -127,11 +127,11 @@ def pipeline_rate(params: Params, meta: PackedMeta, layout: Layout) -> float:
     return count / (time.perf_counter() - start)
 
 
-def packing_seconds(params: Params, meta: PackedMeta, layout: Layout) -> float:
+def packing_seconds(meta: PackedMeta, layout: Layout) -> float:
     """The one-time cost of packing the train split (decode, convert, resize), as split does."""
     paths, _labels = train_rows(meta, layout)
     start = time.perf_counter()
-    pack(paths, layout.raw_files, params.data.channels, params.data.image_size)
+    pack(paths, layout.raw_files, meta.channels, meta.image_size)
     return time.perf_counter() - start
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     naive = naive_rate(params, meta, layout, workers)
     naive_in_process = naive_rate(params, meta, layout, 0)
     pipeline = pipeline_rate(params, meta, layout)
-    packing_s = packing_seconds(params, meta, layout)
+    packing_s = packing_seconds(meta, layout)
     images = int(meta.counts["train"])
     saved_per_epoch = images / naive - images / pipeline
     finish(

@@ -9,7 +9,10 @@ Run on its own with ``python -m tasks.split`` (after validate).
   stage stops with one line naming the classes and what to do, before writing anything.
 - Leakage check: images in different splits whose perceptual hashes are within
   `data.near_duplicate_distance` bits are counted and listed in `reports/data/split.json`.
-- Packing: every accepted image is decoded once, converted to `data.channels`, resized to
+- Channels: what validate resolved `data.channels` to (`channels` in
+  reports/data/validation.json: with `auto`, RGB when enough accepted images carry colour), not
+  recomputed here; `reports/data/split.json` says which and why.
+- Packing: every accepted image is decoded once, converted to those channels, resized to
   `data.image_size` and stored in `data/packed/<split>_x.npy` (N, C, H, W, uint8) with labels in
   `<split>_y.npy`, so training never decodes images one by one and DVC tracks a few files.
 - Normalization statistics come from the train split only (`data/packed/meta.json`).
@@ -22,23 +25,51 @@ import sys
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
-from tasks.core.config import Params, load_params_or_exit
-from tasks.core.errors import require
-from tasks.core.io import write_json
+from tasks.core.config import DataConfig, Params, load_params_or_exit
+from tasks.core.errors import UserError, require, shown
+from tasks.core.io import read_json, write_json
 from tasks.core.layout import SPLITS, Layout
 from tasks.core.runner import stage_main
+from tasks.data.images import ChannelChoice
 from tasks.data.leakage import near_duplicates_across, perceptual_hashes
 from tasks.data.packed import MIN_STD, PackedMeta, natural_key, pack
 from tasks.data.splitting import assign_folds, assign_splits
 
 
+def read_channel_choice(layout: Layout, data: DataConfig) -> ChannelChoice:
+    """The channels validate resolved `data.channels` to (reports/data/validation.json).
+
+    Raises:
+        MissingInput: validate has not run.
+        UserError: the report predates `channels` or was made for another `data.channels`.
+    """
+    path = layout.validation_report
+    require(path)
+    rerun = "rerun validate (`dvc repro validate`)"
+    try:
+        choice = ChannelChoice.model_validate(read_json(path).get("channels"))
+    except (ValidationError, AttributeError):
+        raise UserError(f"{shown(path)} holds no valid channels decision; {rerun}") from None
+    if choice.requested != data.channels:
+        raise UserError(
+            f"{shown(path)} resolved data.channels={choice.requested}, params.yaml now says "
+            f"{data.channels}; {rerun}"
+        )
+    return choice
+
+
 def split_and_pack(
-    manifest: pd.DataFrame, params: Params, layout: Layout | None = None
+    manifest: pd.DataFrame,
+    params: Params,
+    choice: ChannelChoice,
+    layout: Layout | None = None,
 ) -> PackedMeta:
-    """Split the accepted images, pack each split, check leakage; write data/splits,
-    data/packed and reports/data/split.json. Returns the packed metadata."""
+    """Split the accepted images, pack each split at `choice`'s channels, check leakage; write
+    data/splits, data/packed and reports/data/split.json. Returns the packed metadata."""
     layout = layout or Layout.discover()
+    channels = choice.channels
     data, seed = params.data, params.seed
     manifest = manifest.sort_values("path").reset_index(drop=True)
     manifest["group"] = (
@@ -64,7 +95,7 @@ def split_and_pack(
     arrays, targets_of, rows_of = {}, {}, {}
     for name in SPLITS:
         rows = manifest[manifest["split"] == name]
-        images = pack(list(rows["path"]), layout.raw_files, data.channels, data.image_size)
+        images = pack(list(rows["path"]), layout.raw_files, channels, data.image_size)
         targets = rows["label"].map(class_index).to_numpy(dtype=np.int64)
         np.save(packed_dir / f"{name}_x.npy", images)
         np.save(packed_dir / f"{name}_y.npy", targets)
@@ -108,6 +139,8 @@ def split_and_pack(
                 for i, j, d in pairs
             ],
             "cv_folds": params.train.cv_folds,
+            "channels": channels,
+            "channels_reason": choice.reason,
         },
     )
 
@@ -115,7 +148,7 @@ def split_and_pack(
     meta = PackedMeta.create(
         classes=classes,
         image_size=data.image_size,
-        channels=data.channels,
+        channels=channels,
         mean=[float(v) for v in train.mean(axis=(0, 2, 3))],
         std=[float(max(v, MIN_STD)) for v in train.std(axis=(0, 2, 3))],
         counts={name: len(arrays[name]) for name in SPLITS},
@@ -128,18 +161,20 @@ def split_and_pack(
 def main() -> None:
     layout = Layout.discover()
     params = load_params_or_exit(layout.params_file)
-    require(layout.validated_manifest)
+    require(layout.validated_manifest, layout.validation_report)
     manifest = pd.read_csv(
         layout.validated_manifest,
         dtype={"path": str, "label": str, "group": str},
         keep_default_na=False,
     )
-    meta = split_and_pack(manifest, params, layout)
+    choice = read_channel_choice(layout, params.data)
+    meta = split_and_pack(manifest, params, choice, layout)
     counts = meta.counts
+    print(f"split: channels: {choice.reason}")
     print(
         f"split: train {counts['train']}, val {counts['val']}, test {counts['test']} images "
-        f"({len(meta.classes)} classes, {meta.image_size}px) -> "
-        f"{layout.relative(layout.packed_dir)}"
+        f"({len(meta.classes)} classes, {meta.image_size}px, "
+        f"{'RGB' if meta.channels == 3 else 'grayscale'}) -> {layout.relative(layout.packed_dir)}"
     )
     leaks = meta.near_duplicate_pairs_across_splits
     if leaks:

@@ -14,8 +14,10 @@ interrupted search (Ctrl-C, a killed job) resumes on the next run with `Tuner.re
 `tune.address`: null starts a local Ray with this machine's CPUs; "auto" or "ray://host:port"
 joins an existing cluster (the code travels to the workers as Ray's runtime `working_dir`).
 
-Outputs: models/tune/best_params.yaml (read by train), reports/tune/trials.csv, plots of the
-metric per trial and of the best-so-far, reports/tune/summary.json.
+Outputs: models/tune/best_params.yaml (read by train), reports/tune/trials.csv (one row per
+trial: its values and scores), plots of the metric per trial, of the best-so-far and of each
+trial's score against each searched value (dimensions.png), reports/tune/summary.json (with, per
+key, the chosen value and the best score each value reached).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tasks.core.layout import Layout
 from tasks.core.overrides import write_best_params
 from tasks.core.runner import stage_main
 from tasks.data.packed import PackedMeta, load_arrays
-from tasks.tuning.reports import plot_trials, trials_table
+from tasks.tuning.reports import dimension_effects, plot_dimensions, plot_trials, trials_table
 from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
 from tasks.tuning.searcher import make_searcher
 from tasks.tuning.space import current_value, search_space
@@ -65,13 +67,9 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         report_dir.mkdir(parents=True, exist_ok=True)
         layout.search_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(columns=["trial_id"]).to_csv(report_dir / "trials.csv", index=False)
-        plot_trials(
-            [],
-            pd.DataFrame(columns=["time_s", f"best_{settings.metric}"]),
-            settings.metric,
-            settings.mode,
-            report_dir,
-        )
+        empty = pd.DataFrame(columns=["time_s", f"best_{settings.metric}"])
+        plot_trials([], empty, settings.metric, settings.mode, report_dir)
+        plot_dimensions(empty, {}, settings.metric, settings.mode, report_dir)
         summary = {"enabled": False, "best_params": current}
         write_json(report_dir / "summary.json", summary)
         return summary
@@ -178,6 +176,7 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     report_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(report_dir / "trials.csv", index=False, lineterminator="\n")
     plot_trials(results, table, settings.metric, settings.mode, report_dir)
+    plot_dimensions(table, dimensions, settings.metric, settings.mode, report_dir)
     best_values = {k: best.config[k] for k in dimensions}
     write_best_params(
         layout.best_params, best_values, f"best of {len(results)} trials by {settings.metric}"
@@ -196,6 +195,8 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
             else best_history[settings.metric].min()
         ),
         "resumed": bool(resume),
+        # what the search chose per key and what the trials say about it (dimensions.png)
+        "dimensions": dimension_effects(table, dimensions, settings.metric, settings.mode),
     }
     write_json(report_dir / "summary.json", summary)
     state.finish(key)

@@ -14,6 +14,10 @@ What a folder source held that is not data (hidden names, symlinked folders, ...
 data/raw/ignored.csv) is counted in the report's ``ignored`` (count, per reason, examples), so
 ``accepted + quarantined + ignored.count`` is every entry under the source.
 
+``data.channels: auto`` is decided here, on the accepted images: each one's colour (mean chroma,
+the manifest's ``colour`` column) is measured while it is decoded anyway, and the report's
+``channels`` says what was chosen and why; the split stage packs at those channels.
+
 Only decoding errors make a file ``undecodable``; any other error (a bug, a MemoryError, a raw
 file gone missing) stops the stage with its traceback rather than quarantining good data.
 
@@ -29,7 +33,7 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
-from tasks.core.config import load_params_or_exit
+from tasks.core.config import DataConfig, load_params_or_exit
 from tasks.core.errors import UserError, require
 from tasks.core.io import write_json
 from tasks.core.layout import Layout
@@ -37,7 +41,13 @@ from tasks.core.plotting import pyplot, save_figure
 from tasks.core.runner import stage_main
 from tasks.data.images import UndecodableImage, load_converted
 from tasks.data.sources import IGNORED_FILE, IGNORED_REASONS, count_ignored, describe_ignored
-from tasks.data.validation import REASONS, class_balance, validate, write_quarantine
+from tasks.data.validation import (
+    REASONS,
+    channel_choice,
+    class_balance,
+    validate,
+    write_quarantine,
+)
 
 
 class ValidationFailed(UserError, RuntimeError):
@@ -75,10 +85,11 @@ def ignored_report(ignored: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def write_outputs(table: pd.DataFrame, layout: Layout) -> dict[str, Any]:
+def write_outputs(table: pd.DataFrame, layout: Layout, data: DataConfig) -> dict[str, Any]:
     """Write the validated manifest and the quarantine (files + manifest); returns the report.
 
-    The report also counts what ingest ignored (`layout.raw_dir`/ignored.csv).
+    The report also counts what ingest ignored (`layout.raw_dir`/ignored.csv) and holds the
+    channels `data.channels` resolved to, with its figures (what the split stage packs at).
     """
     accepted = table[table["reason"] == ""]
     quarantined = table[table["reason"] != ""]
@@ -95,6 +106,7 @@ def write_outputs(table: pd.DataFrame, layout: Layout) -> dict[str, Any]:
         "mode",
         "mean",
         "std",
+        "colour",
     ]
     accepted[columns].to_csv(layout.validated_manifest, index=False, lineterminator="\n")
 
@@ -110,6 +122,7 @@ def write_outputs(table: pd.DataFrame, layout: Layout) -> dict[str, Any]:
         "reasons": {reason: int((quarantined["reason"] == reason).sum()) for reason in REASONS},
         "ignored": ignored_report(read_ignored(layout)),
         "class_balance": class_balance(accepted),
+        "channels": channel_choice(table, data).model_dump(mode="json"),
     }
 
 
@@ -163,11 +176,12 @@ def main() -> None:
     require(layout.raw_manifest, layout.raw_dir / IGNORED_FILE)
     manifest = pd.read_csv(layout.raw_manifest, dtype=str, keep_default_na=False)
     table = validate(manifest, params.data, layout.raw_files)
-    report = write_outputs(table, layout)
+    report = write_outputs(table, layout, params.data)
     write_json(layout.validation_report, report)
     plot_report(table, report, layout)
     reasons = ", ".join(f"{k}={v}" for k, v in report["reasons"].items() if v) or "none"
     ignored = describe_ignored(report["ignored"]["reasons"])
+    print(f"validate: channels: {report['channels']['reason']}")
     print(
         f"validate: {report['total']} files: {report['accepted']} accepted, "
         f"{report['quarantined']} quarantined ({reasons})"

@@ -49,7 +49,9 @@ class DataConfig(Section):
     source: str = "sklearn:digits"
     storage_options: dict[str, Any] = Field(default_factory=dict)
     image_size: int = Field(16, ge=4, le=1024)
-    channels: Literal[1, 3] = 1
+    # 1 (grayscale), 3 (RGB) or "auto": RGB when enough accepted images carry colour, measured
+    # by validate (tasks.data.images.choose_channels), grayscale otherwise
+    channels: Literal[1, 3, "auto"] = "auto"
     min_size: int = Field(8, ge=1)
     max_pixels: int = Field(25_000_000, ge=1, le=PIL_PIXEL_LIMIT)
     classes: list[str] | None = None

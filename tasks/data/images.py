@@ -9,6 +9,10 @@ at PIL's limit by the config, so everything sixfold accepts is also something PI
 Only what PIL raises for bad bytes becomes :class:`UndecodableImage`: a file that cannot be
 opened at all (missing, no permission), a MemoryError, or a bug in sixfold's own conversion
 (:func:`to_array`) propagates and stops the stage with its traceback.
+
+`data.channels: auto` is resolved here too (:func:`choose_channels`): validate measures each
+accepted image's colour while it decodes it anyway (:func:`colour`), the choice is written to
+reports/data/validation.json, and the split stage packs at the channels it reads there.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict
 
 # What PIL raises for bad input: the exceptions Pillow's own fuzz tests accept
 # (Tests/oss-fuzz/test_fuzzers.py) less MemoryError, plus EOFError and struct.error that some
@@ -42,6 +48,21 @@ CONVERTIBLE_MODES = frozenset(
     {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
     | {"I", "F", "LA", "PA", "I;16", "I;16L", "I;16B", "I;16N"}
 )
+
+# An image carries colour when its mean chroma (per pixel, the largest channel minus the smallest,
+# 0-255) exceeds this many grey levels. Gray pixels saved as RGB measure 0 (PIL's JPEG of a gray
+# RGB image decodes to R = G = B exactly, quality 50 to 95), gray with up to 2 levels of noise on
+# each channel (a scanner, another encoder) about 2.4, while a photograph measures tens
+# (matplotlib's grace_hopper.jpg: 51; 32 px patches of it: 12.7 to 112).
+COLOUR_LEVELS = 4.0
+# Colour is measured on a box-filtered copy at most this many pixels a side: an average over at
+# most 4096 pixels, so a 25-megapixel photograph costs no more to measure than a thumbnail.
+COLOUR_SIDE = 64
+# `auto` packs RGB when at least this share of the accepted images carries colour. A minority of
+# colour images still carries information the network can use (a red class among gray ones), and
+# packing three channels for gray images costs memory, not accuracy: the network sees R = G = B.
+# 5 % keeps a handful of stray colour files (a logo, a scan with a tint) from tripling the arrays.
+COLOUR_SHARE = 0.05
 
 
 class UndecodableImage(ValueError):
@@ -69,6 +90,12 @@ def load_converted(path: str | Path, channels: int) -> np.ndarray:
     """
     with _decoded(path, load=True) as image:
         return to_array(image, channels)  # outside the decoding guard: its errors are bugs
+
+
+def load_conversions(path: str | Path, channels: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Decode once and convert to each of `channels` (uint8 HxWxC arrays), as load_converted."""
+    with _decoded(path, load=True) as image:
+        return {count: to_array(image, count) for count in channels}
 
 
 @contextmanager
@@ -120,6 +147,53 @@ def resize(array: np.ndarray, size: int) -> np.ndarray:
     image = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode)
     resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     return resized[:, :, None] if resized.ndim == 2 else resized
+
+
+def colour(rgb: np.ndarray) -> float:
+    """Mean chroma (largest channel minus smallest, 0-255) of an HxWx3 uint8 image, on a copy
+    box-filtered to at most COLOUR_SIDE pixels a side; above COLOUR_LEVELS it carries colour."""
+    factor = max(1, -(-max(rgb.shape[:2]) // COLOUR_SIDE))
+    small = np.asarray(Image.fromarray(rgb, mode="RGB").reduce(factor), dtype=np.int16)
+    return float((small.max(axis=2) - small.min(axis=2)).mean())
+
+
+class ChannelChoice(BaseModel):
+    """The channels the data is packed at, and why: `data.channels` resolved on the accepted
+    images (reports/data/validation.json's `channels`, read by the split stage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requested: Literal[1, 3, "auto"]  # data.channels as params.yaml set it
+    channels: Literal[1, 3]
+    colour_images: int  # accepted images whose colour is above colour_levels
+    accepted: int
+    colour_share: float
+    colour_levels: float = COLOUR_LEVELS
+    share_needed: float = COLOUR_SHARE  # what auto asks of colour_share for RGB
+    reason: str
+
+
+def choose_channels(requested: Literal[1, 3, "auto"], colours: list[float]) -> ChannelChoice:
+    """Resolve `data.channels` from the colour (:func:`colour`) of every accepted image: an
+    explicit 1 or 3 is kept; auto is 3 when at least COLOUR_SHARE of them carry colour."""
+    coloured = sum(value > COLOUR_LEVELS for value in colours)
+    share = coloured / len(colours) if colours else 0.0
+    figures = f"{coloured:,} of {len(colours):,} accepted images ({share:.1%}) carry colour"
+    if requested == "auto":
+        channels = 3 if colours and share >= COLOUR_SHARE else 1
+        relation = ">=" if channels == 3 else "<"
+        reason = f"auto: {figures} ({relation} {COLOUR_SHARE:.0%})"
+    else:
+        channels = requested
+        reason = f"data.channels: {requested} in params.yaml; {figures}"
+    return ChannelChoice(
+        requested=requested,
+        channels=channels,
+        colour_images=coloured,
+        accepted=len(colours),
+        colour_share=share,
+        reason=f"{reason} -> {'RGB' if channels == 3 else 'grayscale'}",
+    )
 
 
 def _short(error: BaseException) -> str:

@@ -19,7 +19,15 @@ import pandera.pandas as pa
 from tqdm import tqdm
 
 from tasks.core.config import DataConfig
-from tasks.data.images import OversizedImage, UndecodableImage, load_converted, probe
+from tasks.data.images import (
+    ChannelChoice,
+    OversizedImage,
+    UndecodableImage,
+    choose_channels,
+    colour,
+    load_conversions,
+    probe,
+)
 
 REASONS = (
     "undecodable",
@@ -67,6 +75,10 @@ def header_schema(data: DataConfig) -> pa.DataFrameSchema:
 
 def statistics_schema(data: DataConfig) -> pa.DataFrameSchema:
     """What every accepted image must satisfy; a failure here is a bug, not bad data."""
+    same_for_all = pa.Check(lambda s: s.nunique() <= 1, name="same_for_every_image")
+    channel_checks = [pa.Check.isin([1, 3]), same_for_all]
+    if data.channels != "auto":  # auto: whichever the accepted images' colour decided
+        channel_checks.append(pa.Check.eq(data.channels))
     return pa.DataFrameSchema(
         {
             "path": pa.Column(str, unique=True),
@@ -74,9 +86,10 @@ def statistics_schema(data: DataConfig) -> pa.DataFrameSchema:
             "width": pa.Column(int, pa.Check.ge(data.min_size)),
             "height": pa.Column(int, pa.Check.ge(data.min_size)),
             "mode": pa.Column(str),
-            "channels": pa.Column(int, pa.Check.eq(data.channels)),
+            "channels": pa.Column(int, channel_checks),
             "mean": pa.Column(float, pa.Check.in_range(0, 255)),
             "std": pa.Column(float, pa.Check.ge(0)),
+            "colour": pa.Column(float, pa.Check.in_range(0, 255)),
             "sha256": pa.Column(str, [pa.Check.str_matches(r"^[0-9a-f]{64}$")], unique=True),
         },
         strict="filter",
@@ -102,16 +115,18 @@ def _reasons_from_schema(schema: pa.DataFrameSchema, table: pd.DataFrame) -> dic
 def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.DataFrame:
     """Decide every row of the raw manifest (files under `files_dir`).
 
-    Returns the manifest with columns reason, detail, width, height, mode, channels, mean, std
-    ('' reason = accepted).
+    Returns the manifest with columns reason, detail, width, height, mode, channels, mean, std,
+    colour ('' reason = accepted). `channels` is `data.channels` resolved on the accepted images
+    (:func:`channel_choice`); mean and std are of the pixels converted to it, as the service
+    converts an upload to its model's channels before it logs the same two numbers.
     """
     table = RAW_MANIFEST_SCHEMA.validate(manifest.fillna(""), lazy=True).reset_index(drop=True)
     table["reason"] = ""
     table.loc[table["status"] == "unsafe_path", "reason"] = "unsafe_path"
     table.loc[table["status"] == "missing", "reason"] = "missing"
-    for column, default in (("width", 0), ("height", 0), ("mode", ""), ("mean", 0.0), ("std", 0.0)):
+    defaults = {"width": 0, "height": 0, "mode": "", "mean": 0.0, "std": 0.0, "colour": 0.0}
+    for column, default in defaults.items():
         table[column] = default
-    table["channels"] = data.channels
 
     # 1. header: size and format, without decoding pixels
     for index in table.index[table["reason"] == ""]:
@@ -145,14 +160,23 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.Da
         }[reason]
         table.loc[index, ["reason", "detail"]] = [reason, detail]
 
-    # 3. full decode of what is left; statistics of the converted pixels
-    def decode(index: int) -> tuple[int, np.ndarray | tuple[str, str]]:
+    # 3. full decode of what is left: its colour (from RGB) and the statistics of its pixels at
+    # each channel count `data.channels` may resolve to (auto is decided on the accepted images)
+    wanted = (1, 3) if data.channels == "auto" else (data.channels,)
+    statistics: dict[int, dict[int, tuple[float, float]]] = {}  # row -> channels -> mean, std
+
+    def decode(index: int) -> tuple[int, tuple[float, dict[int, tuple[float, float]]] | list[str]]:
+        path = files_dir / table.at[index, "path"]
         try:
-            return index, load_converted(files_dir / table.at[index, "path"], data.channels)
+            arrays = load_conversions(path, tuple(sorted({3, *wanted})))
         except OversizedImage as error:  # probe has judged the size: only if the file changed
-            return index, ("too_large", str(error))
+            return index, ["too_large", str(error)]
         except UndecodableImage as error:
-            return index, ("undecodable", str(error))
+            return index, ["undecodable", str(error)]
+        moments = {
+            count: (float(arrays[count].mean()), float(arrays[count].std())) for count in wanted
+        }
+        return index, (colour(arrays[3]), moments)
 
     open_rows = list(table.index[table["reason"] == ""])
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -160,10 +184,10 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.Da
             pool.map(decode, open_rows), total=len(open_rows), desc="validate", unit="img"
         )
         for index, result in results:
-            if isinstance(result, tuple):
-                table.loc[index, ["reason", "detail"]] = list(result)
+            if isinstance(result, list):
+                table.loc[index, ["reason", "detail"]] = result
             else:
-                table.loc[index, ["mean", "std"]] = [float(result.mean()), float(result.std())]
+                table.at[index, "colour"], statistics[index] = result
 
     # 4. exact duplicates: same bytes and label -> keep the first path; different labels -> none
     survivors = table[table["reason"] == ""].sort_values("path")
@@ -180,9 +204,21 @@ def validate(manifest: pd.DataFrame, data: DataConfig, files_dir: Path) -> pd.Da
                 f"same bytes as {first}",
             ]
 
+    # 5. the channels: data.channels, auto resolved on the accepted images' colour
+    channels = channel_choice(table, data).channels
+    table["channels"] = channels
+    decoded = list(statistics)
+    table.loc[decoded, "mean"] = [statistics[index][channels][0] for index in decoded]
+    table.loc[decoded, "std"] = [statistics[index][channels][1] for index in decoded]
     accepted = table[table["reason"] == ""]
     statistics_schema(data).validate(accepted, lazy=True)
     return table
+
+
+def channel_choice(table: pd.DataFrame, data: DataConfig) -> ChannelChoice:
+    """`data.channels` resolved on the colour of `table`'s accepted rows (a validated table)."""
+    accepted = table.loc[table["reason"] == "", "colour"]
+    return choose_channels(data.channels, [float(value) for value in accepted])
 
 
 def class_balance(accepted: pd.DataFrame) -> dict[str, Any]:

@@ -120,6 +120,7 @@ def split_leakage(inputs: SectionInputs) -> str:
                     "groups per split (kept whole)",
                     text(", ".join(f"{k}: {v}" for k, v in groups.items())),
                 ),
+                ("channels packed", text(report.get("channels_reason", report.get("channels")))),
                 ("cross-validation folds", number(report.get("cv_folds"))),
                 ("near-duplicate hash distance", number(report.get("near_duplicate_distance"))),
                 ("near-duplicate pairs across splits", number(leaks)),
@@ -212,6 +213,9 @@ def tuning(inputs: SectionInputs) -> str:
         )
     parts.append(inputs.figure(folder / "trials.png", "every trial's validation accuracy"))
     parts.append(inputs.figure(folder / "best_so_far.png", "best validation accuracy so far"))
+    parts.append(
+        inputs.figure(folder / "dimensions.png", "each trial's score against each searched value")
+    )
     return "".join(parts)
 
 

@@ -62,3 +62,100 @@ def plot_trials(
     integer_ticks(axis.xaxis)
     figure.tight_layout()
     save_figure(figure, report_dir / "best_so_far.png")
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return bool(len(values)) and all(
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+        for v in values
+    )
+
+
+def dimension_effects(
+    table: pd.DataFrame, dimensions: dict[str, Any], metric: str, mode: str
+) -> dict[str, dict[str, Any]]:
+    """For each searched key: the chosen value and what the trials say about it.
+
+    A choice dimension gets the best score reached with each value and how many trials tried it
+    (a value no trial beat with is a value the search found worse); a numeric one gets the range
+    tried and the rank correlation of the value with the score (ASHA stops weak trials early, so
+    a score is the best of the epochs that trial was given).
+    """
+    best_column = f"best_{metric}"
+    scored = table.dropna(subset=[best_column]) if best_column in table else table.iloc[0:0]
+    if scored.empty:
+        return {}
+    winner = scored[best_column].idxmax() if mode == "max" else scored[best_column].idxmin()
+    effects: dict[str, dict[str, Any]] = {}
+    for key, dimension in dimensions.items():
+        column = f"config/{key}"
+        if column not in scored:
+            continue
+        values = scored[column]
+        chosen = values.loc[winner]
+        effect: dict[str, Any] = {"type": dimension.type, "chosen": _plain(chosen)}
+        if dimension.type == "choice" or not _is_numeric(values):
+            groups = scored.groupby(values.map(repr))[best_column]
+            best = groups.max() if mode == "max" else groups.min()
+            effect["by_value"] = {
+                text: {"best": round(float(best[text]), 4), "trials": int(groups.size()[text])}
+                for text in sorted(best.index)
+            }
+        else:
+            numbers = values.astype(float)
+            effect["range_tried"] = [round(float(numbers.min()), 6), round(float(numbers.max()), 6)]
+            if numbers.nunique() > 2:
+                correlation = numbers.rank().corr(scored[best_column].rank())
+                effect["rank_correlation"] = (
+                    None if np.isnan(correlation) else round(correlation, 3)
+                )
+        effects[key] = effect
+    return effects
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def plot_dimensions(
+    table: pd.DataFrame, dimensions: dict[str, Any], metric: str, mode: str, report_dir: Path
+) -> None:
+    """reports/tune/dimensions.png: each trial's best score against each searched value, the
+    chosen trial ringed, so what the search chose and why can be seen at a glance."""
+    plt = pyplot()
+    best_column = f"best_{metric}"
+    scored = table.dropna(subset=[best_column]) if best_column in table else table.iloc[0:0]
+    keys = [k for k in dimensions if f"config/{k}" in scored] or ["(no search)"]
+    columns = min(3, len(keys))
+    rows = int(np.ceil(len(keys) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+    for axis in axes.flat[len(keys) :]:
+        axis.set_visible(False)
+    if scored.empty:
+        axes[0, 0].text(0.5, 0.5, "no trial: the search is off", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+        figure.tight_layout()
+        save_figure(figure, report_dir / "dimensions.png")
+        return
+    winner = scored[best_column].idxmax() if mode == "max" else scored[best_column].idxmin()
+    scores = scored[best_column].to_numpy(dtype=float)
+    for axis, key in zip(axes.flat, keys, strict=False):
+        values = scored[f"config/{key}"]
+        if dimensions[key].type == "choice" or not _is_numeric(values):
+            labels = sorted({repr(v) for v in values})
+            positions = values.map(repr).map({label: i for i, label in enumerate(labels)})
+            jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(values))
+            x = positions.to_numpy(dtype=float) + jitter
+            axis.set_xticks(range(len(labels)), labels, fontsize=7)
+        else:
+            x = values.to_numpy(dtype=float)
+            if dimensions[key].type == "loguniform":
+                axis.set_xscale("log")
+        axis.scatter(x, scores, s=18, alpha=0.8)
+        chosen = scored.index.get_loc(winner)
+        axis.scatter([x[chosen]], [scores[chosen]], s=90, facecolors="none", edgecolors="red")
+        axis.set_title(key, fontsize=9)
+        axis.set_ylabel(metric, fontsize=8)
+    figure.suptitle(f"best {metric} of each trial against each searched value (red: chosen)")
+    figure.tight_layout()
+    save_figure(figure, report_dir / "dimensions.png")

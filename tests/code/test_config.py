@@ -64,6 +64,24 @@ def test_wrong_type_and_choice(tmp_path: Path) -> None:
     assert "data.channels must be one of" in message and "got 2" in message
 
 
+@pytest.mark.parametrize("channels", ["auto", 1, 3])
+def test_channels_accept_auto_one_and_three(tmp_path: Path, channels: object) -> None:
+    params = load_params(_params_file(tmp_path, {"data": {"channels": channels}}))
+    assert params.data.channels == channels
+
+
+def test_channels_default_to_auto() -> None:
+    assert Params().data.channels == "auto"
+    assert load_params(REPO_ROOT / "params.yaml").data.channels == "auto"
+
+
+@pytest.mark.parametrize("channels", [2, "rgb", 0])
+def test_other_channels_are_refused_in_one_line(tmp_path: Path, channels: object) -> None:
+    message = _error(tmp_path, {"data": {"channels": channels}})
+    assert "data.channels must be one of" in message and "auto" in message, message
+    assert f"got {channels!r}" in message or f"got {channels}" in message, message
+
+
 def test_tune_metric_and_mode_must_agree(tmp_path: Path) -> None:
     message = _error(tmp_path, {"tune": {"metric": "val_loss", "mode": "max"}})
     assert "tune.mode must be 'min' for tune.metric val_loss, got 'max'" in message

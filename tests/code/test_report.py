@@ -32,6 +32,7 @@ FIGURES = (  # every PNG the page inlines, relative to reports/
     "augment/preview.png",
     "tune/trials.png",
     "tune/best_so_far.png",
+    "tune/dimensions.png",
     "plots/learning_curves.png",
     "plots/confusion.png",
     "plots/reliability.png",
@@ -311,7 +312,8 @@ def test_a_missing_key_or_a_broken_file_is_named(tmp_path: Path) -> None:
 
 def test_a_disabled_search_is_said_and_not_missing(tmp_path: Path) -> None:
     layout = write_reports(
-        tmp_path, skip=("tune/trials.csv", "tune/trials.png", "tune/best_so_far.png")
+        tmp_path,
+        skip=("tune/trials.csv", "tune/trials.png", "tune/best_so_far.png", "tune/dimensions.png"),
     )
     write_json(layout.tune_summary, {"enabled": False, "best_params": {"train.lr": 0.001}})
     report = render_report(layout)

@@ -45,6 +45,12 @@ def test_split_is_stratified_and_normalization_uses_train_only(first_run: Path) 
 
     layout = Layout(first_run)
     meta = PackedMeta.load(layout.packed_meta)
+    # data.channels: auto (the default): the digits are L-mode PNGs, so they stay grayscale
+    report = read_json(layout.split_report)
+    assert meta.channels == report["channels"] == 1
+    assert report["channels_reason"] == (
+        f"auto: 0 of {10 * PER_CLASS} accepted images (0.0%) carry colour (< 5%) -> grayscale"
+    )
     packed = layout.packed_dir
     arrays = {name: np.load(packed / f"{name}_x.npy") for name in fractions}
     targets = {name: np.load(packed / f"{name}_y.npy") for name in fractions}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -146,3 +148,38 @@ def test_the_last_line_counts_the_trials_that_failed_after_their_retries(tmp_pat
     assert "(1 failed after 1 retry: see " in once
     clean = summary_line({**summary, "errored_trials": 0}, _params({}).tune, layout)
     assert clean.startswith("tune: 8 trials, 30 epochs in all; ")
+
+
+def test_the_search_report_says_what_was_chosen_per_dimension_and_why(tmp_path: Path) -> None:
+    from tasks.core.config import SearchDimension
+    from tasks.tuning.reports import dimension_effects, plot_dimensions
+
+    dimensions = {
+        "train.lr": SearchDimension(type="loguniform", low=1e-4, high=1e-1),
+        "augment.hflip": SearchDimension(type="choice", values=[False, True]),
+        "model.width": SearchDimension(type="choice", values=[16, 32, 64]),
+    }
+    table = pd.DataFrame(
+        {
+            "config/train.lr": [0.001, 0.003, 0.01, 0.03],
+            "config/augment.hflip": [False, True, False, True],
+            "config/model.width": [16, 32, 64, 32],
+            "best_val_acc": [0.90, 0.80, 0.95, np.nan],  # the last trial never reported
+        }
+    )
+    effects = dimension_effects(table, dimensions, "val_acc", "max")
+    assert effects["train.lr"]["chosen"] == 0.01
+    assert effects["train.lr"]["range_tried"] == [0.001, 0.01]
+    assert effects["train.lr"]["rank_correlation"] == 0.5
+    assert effects["augment.hflip"]["chosen"] is False
+    assert effects["augment.hflip"]["by_value"] == {
+        "False": {"best": 0.95, "trials": 2},
+        "True": {"best": 0.8, "trials": 1},
+    }
+    assert effects["model.width"]["by_value"]["64"] == {"best": 0.95, "trials": 1}
+    assert dimension_effects(table, dimensions, "val_loss", "min") == {}  # no such scores
+
+    plot_dimensions(table, dimensions, "val_acc", "max", tmp_path)
+    assert (tmp_path / "dimensions.png").stat().st_size > 0
+    plot_dimensions(table.iloc[0:0], {}, "val_acc", "max", tmp_path / "off")
+    assert (tmp_path / "off" / "dimensions.png").stat().st_size > 0

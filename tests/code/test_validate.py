@@ -172,7 +172,7 @@ def test_every_bad_file_gets_exactly_its_reason(tmp_path: Path, layout: str, cha
     manifest = ingest(source, {}, stage_layout.raw_dir)
     config = data_config(min_size=8, max_pixels=10_000, classes=GOOD_LABELS, channels=channels)
     table = validate(manifest, config, files_dir=files_dir)
-    report = write_outputs(table, stage_layout)
+    report = write_outputs(table, stage_layout, config)
 
     # every planted file is decided, each with exactly the expected reason
     got = dict(zip(table["path"], table["reason"], strict=True))
@@ -244,8 +244,9 @@ def test_every_entry_under_a_folder_source_is_accounted_for(tmp_path: Path) -> N
 
     layout = Layout(tmp_path / "work")
     manifest = ingest(str(root), {}, layout.raw_dir)
-    table = validate(manifest, data_config(min_size=8, classes=GOOD_LABELS), layout.raw_files)
-    report = write_outputs(table, layout)
+    config = data_config(min_size=8, classes=GOOD_LABELS)
+    table = validate(manifest, config, layout.raw_files)
+    report = write_outputs(table, layout, config)
 
     on_disk = entries_under(root)
     ignored = report.get("ignored", {})
