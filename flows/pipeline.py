@@ -330,10 +330,8 @@ def parse_overrides(arguments: list[str]) -> dict[str, Any]:
     while remaining:
         flag, _, value = remaining.pop(0).partition("=")
         if flag != "--set" or not (value or remaining):
-            print(
-                f"error: bad argument {flag!r}; see python -m flows.pipeline --help",
-                file=sys.stderr,
-            )
+            problem = f"unknown argument {flag!r}" if flag != "--set" else "--set needs KEY=VALUE"
+            print(f"error: {problem}; see python -m flows.pipeline --help", file=sys.stderr)
             raise SystemExit(2)
         try:
             key, parsed = parse_assignment(value or remaining.pop(0))
