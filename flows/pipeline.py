@@ -217,20 +217,30 @@ WORKSPACE_WAIT_S = 5.0  # a second run waits this long for the workspace, then f
 
 
 def _read_report(path: Path) -> dict[str, Any]:
+    """A report's JSON object; {} when it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _entry(report: dict[str, Any], key: str) -> dict[str, Any]:
+    """`report[key]` when it is an object, else {} (gate.json's champion is null before the
+    first promotion)."""
+    value = report.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def run_summary(root: Path, outcome: dict[str, str], overrides: dict[str, Any]) -> str:
     """The run's markdown artifact: test metrics, the baseline, the gate's decision, the stages."""
     metrics = _read_report(root / "reports" / "metrics.json")
     gate = _read_report(root / "reports" / "gate.json")
-    test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
+    test, baseline = _entry(metrics, "test"), _entry(metrics, "baseline")
     lines = ["# training-pipeline", ""]
     if test:
-        low, high = test.get("accuracy_ci", [None, None])
+        interval = test.get("accuracy_ci")
+        low, high = interval if isinstance(interval, list) and len(interval) == 2 else ("?", "?")
         lines += [
             "| metric | value |",
             "|---|---|",
@@ -243,14 +253,12 @@ def run_summary(root: Path, outcome: dict[str, str], overrides: dict[str, Any]) 
     else:
         lines += ["No test metrics (reports/metrics.json is missing).", ""]
     if gate:
-        candidate = gate.get("candidate", {}).get("id", "?")
-        champion = gate.get("champion", {}).get("id", "none")
-        lines += [
-            f"**Gate**: {gate.get('decision', '?')} (candidate {candidate}; champion now "
-            f"{champion})",
-            "",
-        ]
-        lines += [f"- {reason}" for reason in gate.get("reasons", [])] + [""]
+        candidate = _entry(gate, "candidate").get("id", "?")
+        champion = _entry(gate, "champion").get("id", "none")
+        decision = gate.get("decision", "?")
+        lines += [f"**Gate**: {decision} (candidate {candidate}; champion now {champion})", ""]
+        reasons = gate.get("reasons") if isinstance(gate.get("reasons"), list) else []
+        lines += [f"- {reason}" for reason in reasons] + [""]
     if overrides:
         lines += ["**Overrides**: " + ", ".join(f"`{k}={v!r}`" for k, v in overrides.items()), ""]
     lines += ["| stage | outcome |", "|---|---|"]

@@ -187,3 +187,40 @@ def test_flow_refuses_an_unknown_argument_without_running(repo: Path) -> None:
         "error: unknown argument '--fast'; see python -m flows.pipeline --help"
     ]
     assert not (repo / "dvc.lock").exists()
+
+
+def test_the_run_artifact_reads_every_shape_of_the_reports(tmp_path: Path) -> None:
+    """Before the first promotion gate.json's champion is null; reports may be missing."""
+    import json
+
+    from flows.pipeline import run_summary
+
+    outcome = {"train": "ran", "evaluate": "skipped (up to date)"}
+    assert "No test metrics" in run_summary(tmp_path, outcome, {})
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "gate.json").write_text(
+        json.dumps(
+            {
+                "decision": "rejected",
+                "candidate": {"id": "abc123"},
+                "champion": None,
+                "reasons": ["test accuracy 0.5000 < gate.min_accuracy 0.9000"],
+            }
+        )
+    )
+    (tmp_path / "reports" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "test": {"accuracy": 0.5, "accuracy_ci": [0.4, 0.6], "macro_f1": 0.5, "ece": 0.1},
+                "baseline": {"name": "logistic_regression", "accuracy": 0.7},
+            }
+        )
+    )
+    summary = run_summary(tmp_path, outcome, {"train.lr": 0.001})
+    assert "**Gate**: rejected (candidate abc123; champion now none)" in summary
+    assert "- test accuracy 0.5000 < gate.min_accuracy 0.9000" in summary
+    assert "| test accuracy | 0.5 (95% CI 0.4 to 0.6) |" in summary
+    assert "| baseline (logistic_regression) | 0.7 |" in summary
+    assert "`train.lr=0.001`" in summary and "| evaluate | skipped (up to date) |" in summary
+    (tmp_path / "reports" / "gate.json").write_text("[]")  # not an object: no gate line
+    assert "**Gate**" not in run_summary(tmp_path, outcome, {})
