@@ -21,7 +21,14 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
-from flows.stages import TRANSIENT_RETRIES, StageFailure, python_command, run_in_child
+from flows.stages import (
+    TRANSIENT_RETRIES,
+    StageFailure,
+    exit_like,
+    python_command,
+    reported_failure,
+    run_in_child,
+)
 from tasks.core.config import load_params
 from tasks.core.errors import ConfigError
 from tasks.core.io import read_json
@@ -114,11 +121,7 @@ def continual_learning(
         return None
     state = learn_from_batch(str(root), batch, force, return_state=True)
     if state.is_failed():
-        failure = state.result(raise_on_failure=False)
-        if isinstance(failure, StageFailure):
-            print(f"continual-learning: {failure.describe()}; its error is above")
-            return Failed(message=failure.describe(), data=failure)
-        return state  # a bug in the task itself: keep its traceback
+        return reported_failure(state, "continual-learning")
     result = outcome(state.result(), root)
     verdict = "promoted" if result["promoted"] else "kept the champion, rejected"
     print(
@@ -146,12 +149,7 @@ def main(arguments: list[str] | None = None) -> None:
         return
     batch, force = _options(arguments)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    state = continual_learning(batch, ".", force, return_state=True)
-    failure = state.result(raise_on_failure=False)
-    if isinstance(failure, StageFailure):
-        raise SystemExit(failure.exit_code)
-    if state.is_failed():
-        state.result()  # a bug: raise it with its traceback
+    exit_like(continual_learning(batch, ".", force, return_state=True))
 
 
 if __name__ == "__main__":

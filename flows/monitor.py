@@ -24,9 +24,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
-from prefect.states import Failed, State
+from prefect.states import State
 
-from flows.stages import TRANSIENT_RETRIES, StageFailure, python_command, run_in_child
+from flows.stages import (
+    TRANSIENT_RETRIES,
+    exit_like,
+    python_command,
+    reported_failure,
+    run_in_child,
+)
 from tasks.core.errors import shown
 from tasks.core.io import read_json
 from tasks.core.layout import Layout
@@ -92,11 +98,7 @@ def drift_monitor(
     report = report_path(Layout.discover(root).reports_dir, datetime.now(UTC))
     state = run_check(str(root), str(report), since, return_state=True)
     if state.is_failed():
-        failure = state.result(raise_on_failure=False)
-        if isinstance(failure, StageFailure):
-            print(f"drift-monitor: {failure.describe()}; its error is above")
-            return Failed(message=failure.describe(), data=failure)
-        return state  # a bug in the task itself: keep its traceback
+        return reported_failure(state, "drift-monitor")
     payload = state.result()
     print(f"drift-monitor: {payload['reason']}; report {shown(report)}")
     if payload["drift"] and on_drift:
@@ -120,12 +122,7 @@ def main(arguments: list[str] | None = None) -> None:
     options = _options(arguments)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     since, on_drift = (str(options[flag]) if flag in options else None for flag in FLAGS)
-    state = drift_monitor(".", since, on_drift, return_state=True)
-    failure = state.result(raise_on_failure=False)
-    if isinstance(failure, StageFailure):
-        raise SystemExit(failure.exit_code)
-    if state.is_failed():
-        state.result()  # a bug: raise it with its traceback
+    exit_like(drift_monitor(".", since, on_drift, return_state=True))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from flows.stages import (
     is_dvc_advice,
     is_dvc_failure_line,
     python_command,
+    reported_failure,
     stage_outcome,
     stream,
 )
@@ -201,11 +202,7 @@ def run_stage(stage: str, repo_root: str) -> State:
 
 
 def _failed(state: State) -> State:
-    failure = state.result(raise_on_failure=False)
-    if not isinstance(failure, StageFailure):  # a bug in the task itself: keep its traceback
-        return state
-    print(f"training-pipeline: {failure.describe()}; its error is above")
-    return Failed(message=failure.describe(), data=failure)
+    return reported_failure(state, "training-pipeline")
 
 
 def workspace_limit(root: str) -> str:

@@ -275,3 +275,24 @@ def run_in_child(command: list[str], repo_root: str, step: str, label: str) -> S
         return None
     failure = StageFailure(step, exit_code, label)
     return Failed(message=failure.describe(), data=failure)
+
+
+def reported_failure(state: State, flow: str) -> State:
+    """The Failed state a flow returns for a failed step: its :class:`StageFailure` named in one
+    ``<flow>: ...; its error is above`` line (no traceback). A failure that is not a
+    StageFailure is a bug in the task itself: its state is returned as it is, traceback kept."""
+    failure = state.result(raise_on_failure=False)
+    if not isinstance(failure, StageFailure):
+        return state
+    print(f"{flow}: {failure.describe()}; its error is above")
+    return Failed(message=failure.describe(), data=failure)
+
+
+def exit_like(state: State) -> None:
+    """End a flow's command line as its final state says: a step's failure exits with the
+    step's code; any other failure raises with its traceback; success returns."""
+    failure = state.result(raise_on_failure=False)
+    if isinstance(failure, StageFailure):
+        raise SystemExit(failure.exit_code)
+    if state.is_failed():
+        state.result()  # a bug: raise it with its traceback
