@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup test-tools bench-tools run report registry serve push pull prefect-server deploy monitor drift-demo test test-fast lint format bench bench-selftest flow exps clean lock
+.PHONY: help setup test-tools bench-tools run photos report registry serve push pull prefect-server deploy monitor drift-demo test test-fast lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,11 @@ bench-tools: ## install the Debian tools the benchmarks need when missing (hey: 
 
 run: setup ## set up, then run the pipeline (dvc repro); ends with the accuracy line or the failing stage's exit code
 	@$(PYTHON) -m flows.repro
+
+PHOTOS ?= data/photo_patches
+
+photos: setup ## write a photo-like data set (14 classes of photo patches, from scikit-learn's sample photos) to $(PHOTOS)
+	@$(PYTHON) -m tasks.data.photos $(PHOTOS) --per-class 60
 
 report: setup ## bring the pipeline up to date and say where its HTML report is (reports/index.html)
 	@$(PYTHON) -m flows.repro report && echo "report: open $(abspath reports/index.html) in a browser (works offline)"

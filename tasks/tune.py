@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,17 @@ from tasks.core.layout import Layout
 from tasks.core.overrides import write_best_params
 from tasks.core.runner import stage_main
 from tasks.data.packed import PackedMeta, load_arrays
+from tasks.tuning.budget import (
+    HARD_LIMIT,
+    SearchPlan,
+    measure_epoch_seconds,
+    plan_search,
+    trial_capacity,
+)
 from tasks.tuning.reports import dimension_effects, plot_dimensions, plot_trials, trials_table
 from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
 from tasks.tuning.searcher import make_searcher
+from tasks.tuning.selection import COST_COLUMN, choose_trial
 from tasks.tuning.space import current_value, search_space
 
 EXPERIMENT = "sixfold-tune"
@@ -100,10 +109,15 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         from tasks.modeling.fit import make_network
 
         make_network(Params.model_validate(base), meta)
+    # timed before Ray starts: its start-up would share the cores with the timed steps
+    costs = _epoch_costs(params, meta, arrays, dimensions)
     start_ray(settings.address, root, verbose=settings.verbose)
     from tasks.tuning.progress import TrialLines
     from tasks.tuning.trainable import run_trial
 
+    plan = _plan(params, arrays, costs)
+    print(f"tune: {plan.trials} trials of up to {plan.max_epochs} epochs ({plan.reason})")
+    base["tune"]["max_epochs"] = plan.max_epochs  # what each trial trains for (trial_params)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, arrays=arrays, meta=meta),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
@@ -112,12 +126,10 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         print(f"tune: resuming the interrupted search in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        searcher = make_searcher(
-            settings.search, settings.num_samples, settings.max_concurrent, params.seed
-        )
+        searcher = make_searcher(settings.search, plan.trials, settings.max_concurrent, params.seed)
         scheduler = (
             ASHAScheduler(
-                max_t=settings.max_epochs,
+                max_t=plan.max_epochs,
                 grace_period=settings.grace_period,
                 reduction_factor=settings.reduction_factor,
             )
@@ -132,7 +144,11 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
                 mode=settings.mode,
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=settings.num_samples,
+                num_samples=plan.trials,
+                # the hard stop: a wrong estimate of an epoch's cost never costs the user's time
+                time_budget_s=(
+                    plan.budget_minutes * 60 * HARD_LIMIT if plan.budget_minutes else None
+                ),
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
@@ -142,18 +158,19 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
                 # Ray's trial tables only when asked: otherwise one line per trial
                 verbose=1 if settings.verbose else 0,
                 callbacks=[
-                    TrialLines(
-                        settings.num_samples, settings.max_epochs, settings.metric, list(dimensions)
-                    )
+                    TrialLines(plan.trials, plan.max_epochs, settings.metric, list(dimensions))
                 ],
             ),
         )
+    started = time.monotonic()
     results = tuner.fit()
+    elapsed = time.monotonic() - started
     finished = sum(1 for r in results if r.error is None and r.metrics)
     unfinished = any(r.metrics is None and r.error is None for r in results)
-    if len(results) < settings.num_samples or unfinished:
+    out_of_time = bool(plan.budget_minutes) and elapsed >= plan.budget_minutes * 60 * HARD_LIMIT
+    if (len(results) < plan.trials or unfinished) and not (out_of_time and finished):
         raise SearchInterrupted(
-            f"tune: search interrupted ({finished}/{settings.num_samples} trials finished); "
+            f"tune: search interrupted ({finished}/{plan.trials} trials finished); "
             "run again to resume it"
         )
     if finished == 0:
@@ -171,15 +188,23 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
             f"error: {last_line} (traceback: "
             f"{layout.relative(error_file if error_file.exists() else experiment)})"
         )
-    best = results.get_best_result(metric=settings.metric, mode=settings.mode, scope="all")
     table = trials_table(results, settings.metric, settings.mode)
+    # what each trial's capacity costs per epoch: the selection prefers the cheaper of equals
+    table[COST_COLUMN] = [
+        round(costs[trial_capacity(r.config or {}, params)], 3) if costs else None for r in results
+    ]
+    choice = choose_trial(table, settings.metric, settings.mode, len(arrays.val[1]))
+    table["chosen"] = table.index == choice.index
+    best = results[choice.index]
     report_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(report_dir / "trials.csv", index=False, lineterminator="\n")
     plot_trials(results, table, settings.metric, settings.mode, report_dir)
-    plot_dimensions(table, dimensions, settings.metric, settings.mode, report_dir)
+    plot_dimensions(table, dimensions, settings.metric, settings.mode, report_dir, choice.index)
     best_values = {k: best.config[k] for k in dimensions}
     write_best_params(
-        layout.best_params, best_values, f"best of {len(results)} trials by {settings.metric}"
+        layout.best_params,
+        best_values,
+        f"{choice.reason}, of {len(results)} trials by {settings.metric}",
     )
     best_history = best.metrics_dataframe
     summary = {
@@ -194,13 +219,52 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
             if settings.mode == "max"
             else best_history[settings.metric].min()
         ),
+        "top_" + settings.metric: float(table[f"best_{settings.metric}"].max())
+        if settings.mode == "max"
+        else float(table[f"best_{settings.metric}"].min()),
+        "chosen_by": choice.reason,
         "resumed": bool(resume),
+        "minutes": round(elapsed / 60, 2),
+        # how the time budget became trials and epochs (tasks/tuning/budget.py)
+        "budget": {**plan.as_dict(), "stopped_by_budget": out_of_time},
         # what the search chose per key and what the trials say about it (dimensions.png)
-        "dimensions": dimension_effects(table, dimensions, settings.metric, settings.mode),
+        "dimensions": dimension_effects(
+            table, dimensions, settings.metric, settings.mode, choice.index
+        ),
     }
     write_json(report_dir / "summary.json", summary)
     state.finish(key)
     return summary
+
+
+def _epoch_costs(
+    params: Params, meta: PackedMeta, arrays: Any, dimensions: dict
+) -> dict[str, float]:
+    """Measured seconds per epoch of every capacity the space can pick (tasks/tuning/budget.py)."""
+    from tasks.modeling.fit import steps_per_epoch
+
+    steps = steps_per_epoch(arrays, params.train.batch_size)
+    threads = max(1, int(params.tune.cpus_per_trial))
+    return measure_epoch_seconds(params, meta, dimensions, steps, threads)
+
+
+def _plan(params: Params, arrays: Any, costs: dict[str, float]) -> SearchPlan:
+    """The search's trials and epochs: from tune.time_budget_minutes and the data, or as set."""
+    import ray
+
+    from tasks.modeling.fit import steps_per_epoch
+
+    settings = params.tune
+    steps = steps_per_epoch(arrays, params.train.batch_size)
+    resources = ray.cluster_resources()
+    if settings.gpus_per_trial > 0:
+        slots = int(resources.get("GPU", 0) // settings.gpus_per_trial)
+    else:
+        slots = int(resources.get("CPU", 1) // settings.cpus_per_trial)
+    slots = max(1, min(slots, settings.max_concurrent))
+    # trials draw capacities evenly at first: the mean epoch is what the budget pays for
+    epoch_seconds = sum(costs.values()) / len(costs) if costs else None
+    return plan_search(settings, steps, slots, epoch_seconds)
 
 
 def _retries(count: int) -> str:

@@ -29,7 +29,14 @@ SHRUNK = {
     "train": {"max_epochs": 3, "accelerator": "cpu"},
     "model": {"width": 8},
     "augment": {"copies": 1},
-    "tune": {"num_samples": 2, "max_epochs": 2, "grace_period": 1},
+    # the shipped space, with widths a test can afford; a budget that never stops a slow machine
+    "tune": {
+        "num_samples": 2,
+        "max_epochs": 2,
+        "grace_period": 1,
+        "time_budget_minutes": 5,
+        "space": {"model": {"width": {"type": "choice", "values": [8, 12]}}},
+    },
     "explain": {"per_class": 1, "lime_samples": 50, "ig_steps": 16, "sanity_samples": 16},
     "compress": {"latency_repeats": 3, "calibration_images": 32},
 }

@@ -100,6 +100,16 @@ class AugmentConfig(Section):
     erase_scale: tuple[float, float] = (0.02, 0.1)
     fill: Literal["zeros", "border", "reflection"] = "zeros"
 
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale_half_range(cls, value: Any) -> Any:
+        # one number s means [1 - s, 1 + s]: a scalar the search can choose (tune.space)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not 0 <= value < 1:
+                raise ValueError(f"augment.scale as one number must be in [0, 1), got {value}")
+            return (1 - value, 1 + value)
+        return value
+
     @model_validator(mode="after")
     def _ordered_ranges(self) -> AugmentConfig:
         for name in ("scale", "erase_scale"):
@@ -192,6 +202,9 @@ class TuneSettings(Section):
     grace_period: int = Field(2, ge=1)
     reduction_factor: int = Field(3, ge=2)
     max_epochs: int = Field(10, ge=1)
+    # wall clock of the search; trials and epochs per trial follow from it and the data
+    # (tasks/tuning/budget.py), num_samples and max_epochs become their upper bounds
+    time_budget_minutes: float | None = Field(None, gt=0)
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     cpus_per_trial: float = Field(1.0, gt=0)

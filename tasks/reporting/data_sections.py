@@ -185,7 +185,10 @@ def tuning(inputs: SectionInputs) -> str:
         key_values(
             [
                 ("trials", number(summary.get("trials"))),
-                ("best validation accuracy", percent(summary.get("best_val_acc"))),
+                ("budget", text(dig(summary, "budget", "reason"))),
+                ("chosen trial's validation accuracy", percent(summary.get("best_val_acc"))),
+                ("best validation accuracy of any trial", percent(summary.get("top_val_acc"))),
+                ("chosen", text(summary.get("chosen_by"))),
                 ("epochs run, all trials", number(summary.get("epochs_run"))),
                 (
                     "errored / retried trials",
@@ -202,13 +205,15 @@ def tuning(inputs: SectionInputs) -> str:
         header, rows = trials
         scores = [_float(row.get("best_val_acc")) for row in rows]
         top = max(range(len(rows)), key=lambda i: scores[i] if scores[i] is not None else -1.0)
+        # the trial the search chose (tasks/tuning/selection.py), else the best score
+        top = next((i for i, row in enumerate(rows) if row.get("chosen") == "True"), top)
         columns = [name.removeprefix("config/") for name in header]
         cells = [[_cell(row.get(name)) for name in header] for row in rows]
         numeric = [
             i for i, name in enumerate(header) if any(_float(r.get(name)) is not None for r in rows)
         ]
         parts.append(
-            f"<h3>Trials ({len(rows)}; the best highlighted)</h3>"
+            f"<h3>Trials ({len(rows)}; the chosen one highlighted)</h3>"
             + table(columns, cells, numeric, highlight=[top] if rows else [])
         )
     parts.append(inputs.figure(folder / "trials.png", "every trial's validation accuracy"))

@@ -72,20 +72,25 @@ def _is_numeric(values: pd.Series) -> bool:
 
 
 def dimension_effects(
-    table: pd.DataFrame, dimensions: dict[str, Any], metric: str, mode: str
+    table: pd.DataFrame,
+    dimensions: dict[str, Any],
+    metric: str,
+    mode: str,
+    chosen_row: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """For each searched key: the chosen value and what the trials say about it.
 
     A choice dimension gets the best score reached with each value and how many trials tried it
     (a value no trial beat with is a value the search found worse); a numeric one gets the range
     tried and the rank correlation of the value with the score (ASHA stops weak trials early, so
-    a score is the best of the epochs that trial was given).
+    a score is the best of the epochs that trial was given). `chosen_row`: the table row the
+    search chose (tasks/tuning/selection.py; default: the best score).
     """
     best_column = f"best_{metric}"
     scored = table.dropna(subset=[best_column]) if best_column in table else table.iloc[0:0]
     if scored.empty:
         return {}
-    winner = scored[best_column].idxmax() if mode == "max" else scored[best_column].idxmin()
+    winner = _winner(scored, best_column, mode, chosen_row)
     effects: dict[str, dict[str, Any]] = {}
     for key, dimension in dimensions.items():
         column = f"config/{key}"
@@ -113,12 +118,23 @@ def dimension_effects(
     return effects
 
 
+def _winner(scored: pd.DataFrame, best_column: str, mode: str, chosen_row: int | None) -> Any:
+    if chosen_row is not None and chosen_row in scored.index:
+        return chosen_row
+    return scored[best_column].idxmax() if mode == "max" else scored[best_column].idxmin()
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
 def plot_dimensions(
-    table: pd.DataFrame, dimensions: dict[str, Any], metric: str, mode: str, report_dir: Path
+    table: pd.DataFrame,
+    dimensions: dict[str, Any],
+    metric: str,
+    mode: str,
+    report_dir: Path,
+    chosen_row: int | None = None,
 ) -> None:
     """reports/tune/dimensions.png: each trial's best score against each searched value, the
     chosen trial ringed, so what the search chose and why can be seen at a glance."""
@@ -137,7 +153,7 @@ def plot_dimensions(
         figure.tight_layout()
         save_figure(figure, report_dir / "dimensions.png")
         return
-    winner = scored[best_column].idxmax() if mode == "max" else scored[best_column].idxmin()
+    winner = _winner(scored, best_column, mode, chosen_row)
     scores = scored[best_column].to_numpy(dtype=float)
     for axis, key in zip(axes.flat, keys, strict=False):
         values = scored[f"config/{key}"]

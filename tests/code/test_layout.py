@@ -58,8 +58,10 @@ def test_stages_called_from_another_folder_write_into_their_repository(
     assert summary["enabled"] is False
     assert read_best_params(layout.best_params) == {
         "train.lr": params.train.lr,
-        "train.weight_decay": params.train.weight_decay,
-        "model.dropout": params.model.dropout,
+        "augment.hflip": params.augment.hflip,
+        "augment.rotation": params.augment.rotation,
+        "augment.scale": list(params.augment.scale),
+        "model.width": params.model.width,
     }
     assert (layout.tune_reports / "summary.json").exists()
     assert list(elsewhere.iterdir()) == []  # nothing landed in the working directory

@@ -52,13 +52,92 @@ def test_dimension_bounds_are_checked(tmp_path: Path) -> None:
 def test_search_space_and_trial_params() -> None:
     params = _params({})
     space = search_space(params.tune.flat_space())
-    assert set(space) == {"train.lr", "train.weight_decay", "model.dropout"}
+    assert set(space) == {
+        "train.lr",
+        "augment.hflip",
+        "augment.rotation",
+        "augment.scale",
+        "model.width",
+    }
     sampled = trial_params(
         params.model_dump(mode="json"), {"train.lr": 0.002, "model.dropout": 0.1}
     )
     assert sampled.train.lr == 0.002 and sampled.model.dropout == 0.1
     assert sampled.train.max_epochs == params.tune.max_epochs
     assert sampled.train.accelerator == "cpu" and sampled.train.devices == 1
+
+
+# each key the default space searches: a value the search may draw, and where a trial feels it
+NEW_DIMENSIONS = {
+    "augment.hflip": (True, lambda p: p.augment.hflip is True),
+    "augment.rotation": (180, lambda p: p.augment.rotation == 180.0),
+    "augment.scale": (0.25, lambda p: p.augment.scale == (0.75, 1.25)),
+    "model.width": (64, lambda p: p.model.width == 64),
+}
+
+
+@pytest.mark.parametrize("key", sorted(NEW_DIMENSIONS))
+def test_every_default_search_dimension_reaches_the_trial_and_the_final_training(
+    key: str, tmp_path: Path
+) -> None:
+    """A value drawn for the key changes the trial's params, and best_params.yaml carries it
+    into train's params; its choices are plain values Optuna can draw."""
+    from ray import tune
+
+    from tasks.core.overrides import read_best_params, write_best_params
+
+    params = _params({})
+    dimension = params.tune.flat_space()[key]
+    assert dimension.type == "choice" and len(dimension.values) >= 2
+    assert all(isinstance(value, bool | int | float | str) for value in dimension.values)
+    value, holds = NEW_DIMENSIONS[key]
+    assert value in dimension.values
+    domain = search_space({key: dimension})[key]
+    assert isinstance(domain, tune.search.sample.Categorical)
+    assert sorted(domain.categories, key=str) == sorted(dimension.values, key=str)
+    trial = trial_params(params.model_dump(mode="json"), {key: value})
+    assert holds(trial) and not holds(params)
+
+    best = tmp_path / "best_params.yaml"
+    write_best_params(best, {key: value}, "test")
+    from tasks.core.config import with_overrides
+
+    assert holds(with_overrides(params, read_best_params(best)))
+
+
+def test_a_search_over_flips_and_widths_builds_and_trains_each_choice() -> None:
+    """Every capacity the default space can pick builds for the packed data and trains a step."""
+    import torch
+
+    from tasks.data.packed import PackedMeta
+    from tasks.modeling.fit import make_module
+    from tasks.tuning.budget import capacities
+
+    params = _params({})
+    combos = capacities(params, params.tune.flat_space())
+    assert combos == [
+        {"model.arch": "cnn", "model.width": 32},
+        {"model.arch": "cnn", "model.width": 64},
+    ]
+    meta = PackedMeta.create(
+        classes=["a", "b", "c"],
+        image_size=16,
+        channels=3,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        counts={"train": 3},
+        near_duplicate_pairs_across_splits=0,
+    )
+    widths = []
+    for combo in combos:
+        trial = trial_params(params.model_dump(mode="json"), {**combo, "augment.hflip": True})
+        module = make_module(trial, meta)
+        images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+        scaled = module.augment(module.preprocessing.scale(images), torch.Generator())
+        logits = module(module.preprocessing.normalize(scaled))
+        assert logits.shape == (4, 3)
+        widths.append(sum(p.numel() for p in module.network.parameters()))
+    assert widths[1] > 2 * widths[0]  # width 64 is the bigger network
 
 
 def test_tpe_never_trains_a_configuration_twice() -> None:
@@ -118,8 +197,10 @@ def test_disabled_search_writes_the_params_values(repo: Path) -> None:
     params = load_params(repo / "params.yaml")
     assert best == {
         "train.lr": params.train.lr,
-        "train.weight_decay": params.train.weight_decay,
-        "model.dropout": params.model.dropout,
+        "augment.hflip": params.augment.hflip,
+        "augment.rotation": params.augment.rotation,
+        "augment.scale": list(params.augment.scale),
+        "model.width": params.model.width,
     }
 
 
@@ -178,6 +259,9 @@ def test_the_search_report_says_what_was_chosen_per_dimension_and_why(tmp_path: 
     }
     assert effects["model.width"]["by_value"]["64"] == {"best": 0.95, "trials": 1}
     assert dimension_effects(table, dimensions, "val_loss", "min") == {}  # no such scores
+    # the search chose another trial (the cheapest of the equals): its values are the chosen ones
+    chosen = dimension_effects(table, dimensions, "val_acc", "max", chosen_row=0)
+    assert chosen["model.width"]["chosen"] == 16 and chosen["train.lr"]["chosen"] == 0.001
 
     plot_dimensions(table, dimensions, "val_acc", "max", tmp_path)
     assert (tmp_path / "dimensions.png").stat().st_size > 0
