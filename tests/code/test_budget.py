@@ -106,5 +106,5 @@ def test_an_epoch_is_measured_for_every_capacity_the_space_can_pick() -> None:
     tiny = Params.model_validate({**params.model_dump(), "train": {"batch_size": 4}})
     seconds = measure_epoch_seconds(tiny, meta, without, steps_per_epoch=3, threads=1)
     assert list(seconds) == ["cnn/32"] and seconds["cnn/32"] > 0
-    assert trial_capacity({"model.width": 64}, params) == "cnn/64"
+    assert trial_capacity({"model.width": 16}, params) == "cnn/16"
     assert trial_capacity({}, params) == f"cnn/{params.model.width}"

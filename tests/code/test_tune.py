@@ -72,7 +72,7 @@ NEW_DIMENSIONS = {
     "augment.hflip": (True, lambda p: p.augment.hflip is True),
     "augment.rotation": (180, lambda p: p.augment.rotation == 180.0),
     "augment.scale": (0.25, lambda p: p.augment.scale == (0.75, 1.25)),
-    "model.width": (64, lambda p: p.model.width == 64),
+    "model.width": (16, lambda p: p.model.width == 16),
 }
 
 
@@ -116,8 +116,8 @@ def test_a_search_over_flips_and_widths_builds_and_trains_each_choice() -> None:
     params = _params({})
     combos = capacities(params, params.tune.flat_space())
     assert combos == [
+        {"model.arch": "cnn", "model.width": 16},
         {"model.arch": "cnn", "model.width": 32},
-        {"model.arch": "cnn", "model.width": 64},
     ]
     meta = PackedMeta.create(
         classes=["a", "b", "c"],
@@ -137,7 +137,7 @@ def test_a_search_over_flips_and_widths_builds_and_trains_each_choice() -> None:
         logits = module(module.preprocessing.normalize(scaled))
         assert logits.shape == (4, 3)
         widths.append(sum(p.numel() for p in module.network.parameters()))
-    assert widths[1] > 2 * widths[0]  # width 64 is the bigger network
+    assert widths[1] > 2 * widths[0]  # width 32 is the bigger network
 
 
 def test_tpe_never_trains_a_configuration_twice() -> None:
