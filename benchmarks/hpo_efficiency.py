@@ -6,9 +6,9 @@ What is measured is what users get: the searcher, scheduler, grace period, reduc
 learning-rate schedule, search space and time budget all come from params.yaml (`tune.*`,
 `train.*`); the number of trials and epochs per trial are the tune stage's plan for this data
 (`tasks.tuning.budget`, from `tune.time_budget_minutes` and the measured epoch cost), and a
-search hands over the trial the tune stage would (`tasks.tuning.selection`: the cheapest within
-one standard error of the best). Nothing is set for the benchmark alone. Every trial is the tune
-stage's own Ray Tune trainable (Lightning, online augmentation), one CPU each.
+search hands over the trial the tune stage would (`tasks.tuning.selection`). Nothing is set
+for the benchmark alone. Every trial is the tune stage's own Ray Tune trainable (Lightning,
+online augmentation), one CPU each.
 
 The task is one where hyperparameters matter: a stratified, seeded subsample of the digits'
 train split (SUBSAMPLE_PER_CLASS images per class). On the full digits nearly every configuration
@@ -153,7 +153,8 @@ def run_search(
             COST_COLUMN: [costs[trial_capacity(trial["config"], params)] for trial in trials],
         }
     )
-    chosen = trials[choose_trial(table, "val_acc", "max", val_images).index]
+    within = params.tune.cheaper_within_images
+    chosen = trials[choose_trial(table, "val_acc", "max", val_images, within).index]
     return {
         "best": max(trial["best_val_acc"] for trial in trials),
         "chosen_val_acc": chosen["best_val_acc"],

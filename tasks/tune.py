@@ -11,6 +11,11 @@ every trial fails stops with the first error and the file that holds its traceba
 interrupted search (Ctrl-C, a killed job) resumes on the next run with `Tuner.restore`. With
 `train.cv_folds` > 1 a trial's score is its mean over the folds.
 
+How many trials and how many epochs each: from `tune.time_budget_minutes` and what an epoch of
+each capacity the space can pick costs on this data, timed before the trials start
+(`tasks.tuning.budget`). Which trial train gets: the one with the best score, or with
+`tune.cheaper_within_images` the cheapest of near-equals (`tasks.tuning.selection`).
+
 `tune.address`: null starts a local Ray with this machine's CPUs; "auto" or "ray://host:port"
 joins an existing cluster (the code travels to the workers as Ray's runtime `working_dir`).
 
@@ -22,6 +27,7 @@ key, the chosen value and the best score each value reached).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -109,13 +115,21 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         from tasks.modeling.fit import make_network
 
         make_network(Params.model_validate(base), meta)
-    # timed before Ray starts: its start-up would share the cores with the timed steps
-    costs = _epoch_costs(params, meta, arrays, dimensions)
-    start_ray(settings.address, root, verbose=settings.verbose)
+    # timed before Ray starts: its start-up would share the cores with the timed steps; a resumed
+    # search keeps the plan and costs it started with (Ray restores its trial count)
+    saved = storage / "plan.json"
+    if resume and saved.exists():
+        kept = json.loads(saved.read_text())
+        costs, plan = kept["costs"], SearchPlan(**kept["plan"])
+        start_ray(settings.address, root, verbose=settings.verbose)
+    else:
+        costs = _epoch_costs(params, meta, arrays, dimensions)
+        start_ray(settings.address, root, verbose=settings.verbose)
+        plan = _plan(params, arrays, costs)
+        write_json(saved, {"costs": costs, "plan": plan.as_dict()})
     from tasks.tuning.progress import TrialLines
     from tasks.tuning.trainable import run_trial
 
-    plan = _plan(params, arrays, costs)
     print(f"tune: {plan.trials} trials of up to {plan.max_epochs} epochs ({plan.reason})")
     base["tune"]["max_epochs"] = plan.max_epochs  # what each trial trains for (trial_params)
     trainable = tune.with_resources(
@@ -193,7 +207,13 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     table[COST_COLUMN] = [
         round(costs[trial_capacity(r.config or {}, params)], 3) if costs else None for r in results
     ]
-    choice = choose_trial(table, settings.metric, settings.mode, len(arrays.val[1]))
+    choice = choose_trial(
+        table,
+        settings.metric,
+        settings.mode,
+        len(arrays.val[1]),
+        settings.cheaper_within_images,
+    )
     table["chosen"] = table.index == choice.index
     best = results[choice.index]
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,8 @@ class TuneSettings(Section):
     # wall clock of the search; trials and epochs per trial follow from it and the data
     # (tasks/tuning/budget.py), num_samples and max_epochs become their upper bounds
     time_budget_minutes: float | None = Field(None, gt=0)
+    # > 0: train gets the cheapest trial this many validation images below the best, or closer
+    cheaper_within_images: int = Field(0, ge=0)
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     cpus_per_trial: float = Field(1.0, gt=0)
