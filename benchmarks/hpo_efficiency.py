@@ -51,7 +51,7 @@ from tasks.modeling.fit import fit_once, preprocessing_for, steps_per_epoch
 from tasks.tuning.budget import HARD_LIMIT, measure_epoch_seconds, plan_search, trial_capacity
 from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
 from tasks.tuning.selection import COST_COLUMN, choose_trial
-from tasks.tuning.space import search_space, trial_params
+from tasks.tuning.space import search_space, searchable_value, trial_params
 from tasks.tuning.trainable import run_trial
 
 SUBSAMPLE_PER_CLASS = 20  # 200 training images: few enough that hyperparameters matter
@@ -190,7 +190,8 @@ def main() -> None:
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from tasks.tuning.searcher import make_searcher  # imports ray: after keep_ray_on_loopback
+    # imports ray: after keep_ray_on_loopback
+    from tasks.tuning.searcher import anchor_points, make_searcher
 
     # the tune stage's plan for this data (timed before Ray starts, as the stage does)
     steps = steps_per_epoch(arrays, params.train.batch_size)
@@ -206,6 +207,8 @@ def main() -> None:
     settings = params.tune
     hard_stop = plan.budget_minutes * 60 * HARD_LIMIT if plan.budget_minutes else None
     val_images = len(arrays.val[1])
+    # the tune stage's first trials (random search, the control, ignores them)
+    anchors = anchor_points({k: searchable_value(params, k) for k in dimensions}, dimensions)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, base=params.model_dump(mode="json"), arrays=arrays, meta=meta
@@ -232,7 +235,9 @@ def main() -> None:
             range(params.seed, params.seed + SEEDS),
             (("shipped", settings.search), ("random", "random")),
         ):
-            searcher = make_searcher(kind, settings.num_samples, settings.max_concurrent, seed)
+            searcher = make_searcher(
+                kind, settings.num_samples, settings.max_concurrent, seed, first=anchors
+            )
             search = run_search(
                 trainable,
                 search_space(dimensions),

@@ -54,9 +54,9 @@ from tasks.tuning.budget import (
 )
 from tasks.tuning.reports import dimension_effects, plot_dimensions, plot_trials, trials_table
 from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
-from tasks.tuning.searcher import make_searcher
+from tasks.tuning.searcher import anchor_points, make_searcher
 from tasks.tuning.selection import COST_COLUMN, choose_trial
-from tasks.tuning.space import current_value, search_space
+from tasks.tuning.space import current_value, search_space, searchable_value
 
 EXPERIMENT = "sixfold-tune"
 
@@ -140,7 +140,14 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         print(f"tune: resuming the interrupted search in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        searcher = make_searcher(settings.search, plan.trials, settings.max_concurrent, params.seed)
+        current = {key: searchable_value(params, key) for key in dimensions}
+        searcher = make_searcher(
+            settings.search,
+            plan.trials,
+            settings.max_concurrent,
+            params.seed,
+            first=anchor_points(current, dimensions),
+        )
         scheduler = (
             ASHAScheduler(
                 max_t=plan.max_epochs,

@@ -95,8 +95,17 @@ class DistinctSuggestions(Searcher):
         self.inner_id = dict(state["inner_id"])
 
 
-def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -> Any:
-    """Optuna's TPE (with a short random start, so small budgets still exploit) or random search."""
+def make_searcher(
+    kind: str,
+    num_samples: int,
+    max_concurrent: int,
+    seed: int,
+    first: list[dict[str, Any]] | None = None,
+) -> Any:
+    """Optuna's TPE (with a short random start, so small budgets still exploit) or random search.
+
+    `first`: configurations TPE tries before its own (`anchor_points`); random search ignores
+    them (it is the control that knows nothing)."""
     if kind == "random":
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     import optuna
@@ -104,6 +113,29 @@ def make_searcher(kind: str, num_samples: int, max_concurrent: int, seed: int) -
 
     startup = min(10, max(2, num_samples // 3))  # Optuna's default of 10 is most of a small search
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    return ConcurrencyLimiter(
-        DistinctSuggestions(OptunaSearch(sampler=sampler)), max_concurrent=max_concurrent
-    )
+    search = OptunaSearch(sampler=sampler, points_to_evaluate=first or None)
+    return ConcurrencyLimiter(DistinctSuggestions(search), max_concurrent=max_concurrent)
+
+
+def anchor_points(current: dict[str, Any], dimensions: dict[str, Any]) -> list[dict[str, Any]]:
+    """The search's first two trials: the params.yaml values (the user's own configuration), and
+    the same with every augmentation choice at its strongest (flips on, the widest rotation and
+    zoom): the two ends of the invariance axis, which short random starts often miss both of.
+    Data whose classes survive mirroring and turning (photos, textures) gains from the second,
+    upright mirror-sensitive data (digits) loses with it; the search then goes on from the
+    better. A current value outside its dimension leaves the anchors out."""
+    anchored = {}
+    for key, dimension in dimensions.items():
+        value = current[key]
+        if dimension.type == "choice":
+            if value not in dimension.values:
+                return []
+            value = dimension.values[dimension.values.index(value)]  # 12.0 -> the choice 12
+        elif not dimension.low <= value <= dimension.high:
+            return []
+        anchored[key] = value
+    strongest = dict(anchored)
+    for key, dimension in dimensions.items():
+        if key.startswith("augment.") and dimension.type == "choice":
+            strongest[key] = max(dimension.values)  # True > False; the largest range
+    return [anchored] if strongest == anchored else [anchored, strongest]

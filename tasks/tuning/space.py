@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tasks.core.config import Params, SearchDimension, with_overrides
@@ -47,3 +48,16 @@ def current_value(params: Params, key: str) -> Any:
     """The value of a dotted key (`train.lr`) in `params`."""
     section, _, name = key.partition(".")
     return getattr(getattr(params, section), name)
+
+
+def searchable_value(params: Params, key: str) -> Any:
+    """The value of `key` as the search space writes it: `augment.scale` (low, high) around 1
+    as its one-number half range s (0.9, 1.1 -> 0.1); anything else as it is."""
+    value = current_value(params, key)
+    if (
+        key == "augment.scale"
+        and isinstance(value, tuple)
+        and math.isclose(1 - value[0], value[1] - 1)
+    ):
+        return round(value[1] - 1, 6)
+    return value

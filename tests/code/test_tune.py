@@ -267,3 +267,31 @@ def test_the_search_report_says_what_was_chosen_per_dimension_and_why(tmp_path: 
     assert (tmp_path / "dimensions.png").stat().st_size > 0
     plot_dimensions(table.iloc[0:0], {}, "val_acc", "max", tmp_path / "off")
     assert (tmp_path / "off" / "dimensions.png").stat().st_size > 0
+
+
+def test_the_search_starts_from_the_params_values_and_the_strongest_augmentation() -> None:
+    from tasks.tuning.searcher import anchor_points
+    from tasks.tuning.space import searchable_value
+
+    params = _params({})
+    dimensions = params.tune.flat_space()
+    current = {key: searchable_value(params, key) for key in dimensions}
+    assert current["augment.scale"] == 0.1  # (0.9, 1.1) as the space writes it
+    first, strongest = anchor_points(current, dimensions)
+    assert first == current and first["augment.rotation"] == 12
+    assert isinstance(first["augment.rotation"], int)  # the choice's own value, not 12.0
+    assert strongest == {
+        **current,
+        "augment.hflip": True,
+        "augment.rotation": 180,
+        "augment.scale": 0.25,
+    }
+    # a params value the space cannot draw: no anchors (TPE starts as it would)
+    assert anchor_points({**current, "model.width": 48}, dimensions) == []
+    assert anchor_points({**current, "train.lr": 0.5}, dimensions) == []
+    # TPE proposes them first, in order
+    searcher = make_searcher("optuna", 8, 1, seed=0, first=[first, strongest])
+    searcher.set_search_properties("val_acc", "max", search_space(dimensions))
+    assert searcher.suggest("t1") == first
+    searcher.on_trial_complete("t1", {"val_acc": 0.5})
+    assert searcher.suggest("t2") == strongest
