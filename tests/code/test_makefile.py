@@ -108,8 +108,8 @@ def test_make_clean_removes_every_output_and_keeps_the_cache_sources_and_registr
 # a stage that says it is ready, then waits; Ctrl-C makes it say so and exit 130 (as train does)
 _WAITS = (
     "import sys, time\n"
-    "print('ready', flush=True)\n"
-    "try:\n"
+    "try:\n"  # 'ready' inside the try: a Ctrl-C right after it is still the stage's to handle
+    "    print('ready', flush=True)\n"
     "    time.sleep(60)\n"
     "except KeyboardInterrupt:\n"
     "    print('slow: interrupted; run it again to resume', file=sys.stderr, flush=True)\n"
