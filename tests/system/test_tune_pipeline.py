@@ -140,7 +140,13 @@ def test_a_trial_killed_mid_training_is_retried_from_its_checkpoint(
     assert summary["retried_trials"] == 1 and summary["errored_trials"] == 0
     assert out.strip().splitlines()[-1].startswith("tune: 3 trials, ")
     best = yaml.safe_load((repo / "models" / "tune" / "best_params.yaml").read_text())
-    assert set(best) == {"train.lr", "train.weight_decay", "model.dropout"}
+    assert set(best) == {
+        "train.lr",
+        "augment.hflip",
+        "augment.rotation",
+        "augment.scale",
+        "model.width",
+    }
     # train picks the tuned values up
     train = run(["python", "-m", "tasks.train"], repo)
     assert "train: using the tuned values from models/tune/best_params.yaml" in train.stdout
