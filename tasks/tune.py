@@ -209,10 +209,12 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
             f"error: {last_line} (traceback: "
             f"{layout.relative(error_file if error_file.exists() else experiment)})"
         )
-    table = trials_table(results, settings.metric, settings.mode)
+    # trials the hard stop ended before they started have no configuration: not trials run
+    ran = [r for r in results if r.config]
+    table = trials_table(ran, settings.metric, settings.mode)
     # what each trial's capacity costs per epoch: the selection prefers the cheaper of equals
     table[COST_COLUMN] = [
-        round(costs[trial_capacity(r.config or {}, params)], 3) if costs else None for r in results
+        round(costs[trial_capacity(r.config or {}, params)], 3) if costs else None for r in ran
     ]
     choice = choose_trial(
         table,
@@ -222,21 +224,21 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         settings.cheaper_within_images,
     )
     table["chosen"] = table.index == choice.index
-    best = results[choice.index]
+    best = ran[choice.index]
     report_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(report_dir / "trials.csv", index=False, lineterminator="\n")
-    plot_trials(results, table, settings.metric, settings.mode, report_dir)
+    plot_trials(ran, table, settings.metric, settings.mode, report_dir)
     plot_dimensions(table, dimensions, settings.metric, settings.mode, report_dir, choice.index)
     best_values = {k: best.config[k] for k in dimensions}
     write_best_params(
         layout.best_params,
         best_values,
-        f"{choice.reason}, of {len(results)} trials by {settings.metric}",
+        f"{choice.reason}, of {len(ran)} trials by {settings.metric}",
     )
     best_history = best.metrics_dataframe
     summary = {
         "enabled": True,
-        "trials": len(results),
+        "trials": len(ran),
         "errored_trials": int((table["status"] == "error").sum()),
         "retried_trials": int((table["retries"] > 0).sum()),
         "epochs_run": int(table["epochs_run"].sum()),
@@ -309,6 +311,9 @@ def summary_line(summary: dict[str, Any], settings: TuneSettings, layout: Layout
             f" ({summary['errored_trials']} failed after {_retries(settings.max_failures)}: "
             f"see {layout.relative(layout.tune_reports / 'trials.csv')})"
         )
+    if (summary.get("budget") or {}).get("stopped_by_budget"):
+        minutes = summary["budget"]["budget_minutes"] * HARD_LIMIT
+        trials += f" (the search stopped at its hard limit, {minutes:g} min)"
     metric = settings.metric
     return (
         f"tune: {trials}, {summary['epochs_run']} epochs in all; best {metric} "

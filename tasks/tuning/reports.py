@@ -124,6 +124,15 @@ def _winner(scored: pd.DataFrame, best_column: str, mode: str, chosen_row: int |
     return scored[best_column].idxmax() if mode == "max" else scored[best_column].idxmin()
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
+
+
+def _choice_label(value: Any) -> str:
+    """A choice's tick label: 12.0 and 12 both as "12", True as "True"."""
+    return f"{float(value):g}" if _is_number(value) else str(value)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
@@ -158,8 +167,12 @@ def plot_dimensions(
     for axis, key in zip(axes.flat, keys, strict=False):
         values = scored[f"config/{key}"]
         if dimensions[key].type == "choice" or not _is_numeric(values):
-            labels = sorted({repr(v) for v in values})
-            positions = values.map(repr).map({label: i for i, label in enumerate(labels)})
+            # numbers in their order (12, 45, 180; not "12.0" < "180.0" < "45.0"), others as text
+            named = values.map(_choice_label)
+            numeric = all(_is_number(v) for v in values)
+            order = sorted(set(values), key=float) if numeric else sorted(set(named))
+            labels = list(dict.fromkeys(_choice_label(v) for v in order) if numeric else order)
+            positions = named.map({label: i for i, label in enumerate(labels)})
             jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(values))
             x = positions.to_numpy(dtype=float) + jitter
             axis.set_xticks(range(len(labels)), labels, fontsize=7)
@@ -167,6 +180,7 @@ def plot_dimensions(
             x = values.to_numpy(dtype=float)
             if dimensions[key].type == "loguniform":
                 axis.set_xscale("log")
+                axis.xaxis.set_minor_formatter(plt.NullFormatter())  # no crowded minor labels
         axis.scatter(x, scores, s=18, alpha=0.8)
         chosen = scored.index.get_loc(winner)
         axis.scatter([x[chosen]], [scores[chosen]], s=90, facecolors="none", edgecolors="red")

@@ -295,3 +295,21 @@ def test_the_search_starts_from_the_params_values_and_the_strongest_augmentation
     assert searcher.suggest("t1") == first
     searcher.on_trial_complete("t1", {"val_acc": 0.5})
     assert searcher.suggest("t2") == strongest
+
+
+def test_the_last_line_says_when_the_hard_stop_ended_the_search(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    summary = {
+        "enabled": True,
+        "trials": 8,
+        "errored_trials": 0,
+        "epochs_run": 34,
+        "best_val_acc": 0.99,
+        "best_params": {"train.lr": 0.003},
+        "budget": {"budget_minutes": 1.5, "stopped_by_budget": True},
+    }
+    settings = _params({}).tune
+    line = summary_line(summary, settings, layout)
+    assert line.startswith("tune: 8 trials (the search stopped at its hard limit, 2.25 min), ")
+    summary["budget"]["stopped_by_budget"] = False
+    assert summary_line(summary, settings, layout).startswith("tune: 8 trials, 34 epochs")
