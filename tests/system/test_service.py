@@ -453,8 +453,10 @@ def test_the_key_overload_and_a_log_that_cannot_be_written(repo: Path, tmp_path:
         def post(index: int) -> httpx.Response:  # a burst no 1 ms budget can serve
             return httpx.post(f"{keyed.url}/predict", files=files(image), headers=right, timeout=60)
 
-        with ThreadPoolExecutor(16) as pool:
-            burst = list(pool.map(post, range(48)))
+        # 32 at once (below serve.max_concurrency: no 429), long enough that the batcher's
+        # latency estimate sees the queue: 48 requests from 16 threads were once all served
+        with ThreadPoolExecutor(32) as pool:
+            burst = list(pool.map(post, range(160)))
         overloaded = [r for r in burst if r.status_code == 503]
         assert {r.status_code for r in burst} <= {200, 503} and overloaded
         assert overloaded[0].json()["error"].startswith("overloaded: try again later")
