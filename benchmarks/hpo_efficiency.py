@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import tempfile
 import time
 from typing import Any
@@ -47,8 +46,8 @@ from tasks.core.config import Params, SearchDimension, load_params, with_overrid
 from tasks.core.layout import Layout
 from tasks.data.packed import Arrays, PackedMeta, Split, load_split
 from tasks.modeling.artifact import predict
-from tasks.modeling.fit import fit_once, preprocessing_for, steps_per_epoch
-from tasks.tuning.budget import HARD_LIMIT, measure_epoch_seconds, plan_search, trial_capacity
+from tasks.modeling.fit import fit_once, preprocessing_for
+from tasks.tuning.budget import HARD_LIMIT, epoch_costs, plan_for, trial_capacity
 from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
 from tasks.tuning.selection import COST_COLUMN, choose_trial
 from tasks.tuning.space import search_space, searchable_value, trial_params
@@ -194,12 +193,11 @@ def main() -> None:
     from tasks.tuning.searcher import anchor_points, make_searcher
 
     # the tune stage's plan for this data (timed before Ray starts, as the stage does)
-    steps = steps_per_epoch(arrays, params.train.batch_size)
-    threads = max(1, int(settings.cpus_per_trial))
-    costs = measure_epoch_seconds(params, meta, dimensions, steps, threads)
+    costs = epoch_costs(params, meta, arrays, dimensions)
     start_ray(None, layout.root)
-    slots = max(1, min(settings.max_concurrent, int((os.cpu_count() or 1) // threads)))
-    plan = plan_search(settings, steps, slots, sum(costs.values()) / len(costs))
+    import ray
+
+    plan = plan_for(params, arrays, costs, ray.cluster_resources())
     print(f"hpo_efficiency: the plan: {plan.trials} trials of up to {plan.max_epochs} epochs")
     params = with_overrides(
         params, {"tune.max_epochs": plan.max_epochs, "tune.num_samples": plan.trials}

@@ -186,15 +186,12 @@ def _reset(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shipped(keys: list[str]) -> dict[str, Any]:
+    """The params.yaml value of each key, as the search space writes it (scale: 0.1)."""
     from tasks.core.config import load_params
-    from tasks.tuning.space import current_value
+    from tasks.tuning.space import searchable_value
 
     params = load_params(LAYOUT.params_file)
-    values = {key: current_value(params, key) for key in keys}
-    scale = values.get("augment.scale")
-    if isinstance(scale, tuple):  # the shipped [0.9, 1.1] as the one-number half range
-        values["augment.scale"] = round((scale[1] - scale[0]) / 2, 6)
-    return values
+    return {key: searchable_value(params, key) for key in keys}
 
 
 if __name__ == "__main__":

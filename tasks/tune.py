@@ -45,13 +45,7 @@ from tasks.core.layout import Layout
 from tasks.core.overrides import write_best_params
 from tasks.core.runner import stage_main
 from tasks.data.packed import PackedMeta, load_arrays
-from tasks.tuning.budget import (
-    HARD_LIMIT,
-    SearchPlan,
-    measure_epoch_seconds,
-    plan_search,
-    trial_capacity,
-)
+from tasks.tuning.budget import HARD_LIMIT, SearchPlan, epoch_costs, plan_for, trial_capacity
 from tasks.tuning.reports import dimension_effects, plot_dimensions, plot_trials, trials_table
 from tasks.tuning.runtime import keep_ray_on_loopback, start_ray
 from tasks.tuning.searcher import anchor_points, make_searcher
@@ -123,9 +117,11 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         costs, plan = kept["costs"], SearchPlan(**kept["plan"])
         start_ray(settings.address, root, verbose=settings.verbose)
     else:
-        costs = _epoch_costs(params, meta, arrays, dimensions)
+        costs = epoch_costs(params, meta, arrays, dimensions)
         start_ray(settings.address, root, verbose=settings.verbose)
-        plan = _plan(params, arrays, costs)
+        import ray
+
+        plan = plan_for(params, arrays, costs, ray.cluster_resources())
         write_json(saved, {"costs": costs, "plan": plan.as_dict()})
     from tasks.tuning.progress import TrialLines
     from tasks.tuning.trainable import run_trial
@@ -264,36 +260,6 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     write_json(report_dir / "summary.json", summary)
     state.finish(key)
     return summary
-
-
-def _epoch_costs(
-    params: Params, meta: PackedMeta, arrays: Any, dimensions: dict
-) -> dict[str, float]:
-    """Measured seconds per epoch of every capacity the space can pick (tasks/tuning/budget.py)."""
-    from tasks.modeling.fit import steps_per_epoch
-
-    steps = steps_per_epoch(arrays, params.train.batch_size)
-    threads = max(1, int(params.tune.cpus_per_trial))
-    return measure_epoch_seconds(params, meta, dimensions, steps, threads)
-
-
-def _plan(params: Params, arrays: Any, costs: dict[str, float]) -> SearchPlan:
-    """The search's trials and epochs: from tune.time_budget_minutes and the data, or as set."""
-    import ray
-
-    from tasks.modeling.fit import steps_per_epoch
-
-    settings = params.tune
-    steps = steps_per_epoch(arrays, params.train.batch_size)
-    resources = ray.cluster_resources()
-    if settings.gpus_per_trial > 0:
-        slots = int(resources.get("GPU", 0) // settings.gpus_per_trial)
-    else:
-        slots = int(resources.get("CPU", 1) // settings.cpus_per_trial)
-    slots = max(1, min(slots, settings.max_concurrent))
-    # trials draw capacities evenly at first: the mean epoch is what the budget pays for
-    epoch_seconds = sum(costs.values()) / len(costs) if costs else None
-    return plan_search(settings, steps, slots, epoch_seconds)
 
 
 def _retries(count: int) -> str:

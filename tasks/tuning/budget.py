@@ -141,6 +141,35 @@ def plan_search(
     )
 
 
+def epoch_costs(
+    params: Params, meta: Any, arrays: Any, dimensions: dict[str, Any]
+) -> dict[str, float]:
+    """Measured seconds per epoch of every capacity the space can pick, with a trial's threads."""
+    from tasks.modeling.fit import steps_per_epoch
+
+    steps = steps_per_epoch(arrays, params.train.batch_size)
+    threads = max(1, int(params.tune.cpus_per_trial))
+    return measure_epoch_seconds(params, meta, dimensions, steps, threads)
+
+
+def plan_for(
+    params: Params, arrays: Any, costs: dict[str, float], resources: dict[str, float]
+) -> SearchPlan:
+    """The search's plan on `resources` (Ray's cluster resources): trials run at once, then
+    `plan_search` with the mean epoch cost (trials draw capacities evenly at first)."""
+    from tasks.modeling.fit import steps_per_epoch
+
+    settings = params.tune
+    if settings.gpus_per_trial > 0:
+        slots = int(resources.get("GPU", 0) // settings.gpus_per_trial)
+    else:
+        slots = int(resources.get("CPU", 1) // settings.cpus_per_trial)
+    slots = max(1, min(slots, settings.max_concurrent))
+    epoch_seconds = sum(costs.values()) / len(costs) if costs else None
+    steps = steps_per_epoch(arrays, params.train.batch_size)
+    return plan_search(settings, steps, slots, epoch_seconds)
+
+
 def capacities(params: Params, dimensions: dict[str, Any]) -> list[dict[str, Any]]:
     """Every (model.arch, model.width) pair the space can pick, as overrides."""
     archs = _choices(dimensions, "model.arch", params.model.arch)
