@@ -35,6 +35,7 @@ from benchmarks.common import Check, finish
 from tasks.core.config import Params, load_params
 from tasks.core.layout import Layout
 from tasks.data.augmentation import BatchAugment, torchvision_equivalent
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import PackedMeta, load_split, pack
 from tasks.modeling.batches import PackedBatches
 from tasks.modeling.fit import preprocessing_for
@@ -137,7 +138,7 @@ def packing_seconds(meta: PackedMeta, layout: Layout) -> float:
 
 def main() -> None:
     layout = Layout.discover()
-    params = load_params(layout.params_file)
+    params = resolve_auto(load_params(layout.params_file), layout)  # augment.hflip: auto
     meta = PackedMeta.load(layout.packed_meta)
     workers = os.cpu_count() or 1
     naive = naive_rate(params, meta, layout, workers)

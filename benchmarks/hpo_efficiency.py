@@ -44,6 +44,7 @@ import numpy as np
 from benchmarks.common import Check, finish
 from tasks.core.config import Params, SearchDimension, load_params, with_overrides
 from tasks.core.layout import Layout
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import Arrays, PackedMeta, Split, load_split
 from tasks.modeling.artifact import predict
 from tasks.modeling.fit import fit_once, preprocessing_for
@@ -175,7 +176,7 @@ def score_on_test(params: Params, config: dict, arrays: Arrays, meta: PackedMeta
 
 def main() -> None:
     layout = Layout.discover()
-    params = load_params(layout.params_file)
+    params = resolve_auto(load_params(layout.params_file), layout)  # augment.hflip: auto
     settings = params.tune
     dimensions = settings.flat_space()
     meta = PackedMeta.load(layout.packed_meta)

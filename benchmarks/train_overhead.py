@@ -26,6 +26,7 @@ from benchmarks.common import BENCH_DIR, Check, finish
 from tasks.core.config import Params, load_params
 from tasks.core.layout import Layout
 from tasks.data.augmentation import BatchAugment
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import Arrays, PackedMeta, load_arrays
 from tasks.modeling.batches import PackedBatches, PackedDataModule
 from tasks.modeling.callbacks import DvcLiveCurves, History
@@ -47,7 +48,7 @@ TARGET_RATIO = 1.10  # what Lightning's conveniences may cost over a hand-writte
 
 
 def _params(layout: Layout) -> Params:
-    params = load_params(layout.params_file)
+    params = resolve_auto(load_params(layout.params_file), layout)  # augment.hflip: auto
     train = params.train.model_copy(
         update={"max_epochs": EPOCHS, "patience": 10_000, "accelerator": "cpu", "devices": 1}
     )

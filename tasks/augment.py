@@ -6,6 +6,10 @@ Writes `data/augmented/train_{x,y}.npy`: the original train images followed by `
 augmented versions of each (same labels), and `reports/augment/preview.png`, a grid of originals
 beside their augmented copies. The same seed gives byte-identical arrays. Validation and test
 images are never augmented.
+
+It also measures whether the labels survive a left-right mirror (`tasks.data.mirror`) and writes
+the verdict to `data/augmented/mirror.json`: `augment.hflip: auto` follows it, here for the
+offline copies and in every stage that trains.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tasks.core.layout import Layout
 from tasks.core.plotting import pyplot, save_figure
 from tasks.core.runner import stage_main
 from tasks.data.augmentation import augment_uint8
+from tasks.data.mirror import mirror_verdict, resolve_auto, verdict_line, write_verdict
 from tasks.data.packed import load_split
 
 PREVIEW_ROWS = 8  # originals shown in the preview grid, spread over the classes
@@ -58,25 +63,34 @@ def save_preview(images: np.ndarray, copies: int, count: int, path: Path) -> Non
     save_figure(figure, path)
 
 
-def augment_stage(params: Params, layout: Layout | None = None) -> int:
+def augment_stage(params: Params, layout: Layout | None = None) -> tuple[int, str]:
     """Write data/augmented and the preview for `layout` (default: the current repository).
 
-    Returns the number of train images written (originals + copies).
+    Returns the number of train images written (originals + copies) and the line about flips
+    (empty when there is nothing to say).
     """
     layout = layout or Layout.discover()
     images, labels = load_split("train", layout.packed_dir)
+    val = load_split("val", layout.packed_dir)
+    classes = len(np.unique(np.concatenate([labels, val[1]])))
+    verdict = mirror_verdict((images, labels), val, classes, params.seed)
+    setting = params.augment.hflip
+    write_verdict(layout, verdict, setting)
+    params = resolve_auto(params, layout)
     augmented, augmented_labels = augment_train(images, labels, params.augment, params.seed)
     layout.augmented_dir.mkdir(parents=True, exist_ok=True)
     np.save(layout.augmented_dir / "train_x.npy", augmented)
     np.save(layout.augmented_dir / "train_y.npy", augmented_labels)
     save_preview(augmented, params.augment.copies, PREVIEW_ROWS, layout.augment_preview)
-    return len(augmented)
+    return len(augmented), verdict_line(verdict, setting)
 
 
 def main() -> None:
     layout = Layout.discover()
     params = load_params_or_exit(layout.params_file)
-    written = augment_stage(params, layout)
+    written, flips = augment_stage(params, layout)
+    if flips:
+        print(f"augment: {flips}")
     originals = written // (params.augment.copies + 1)
     print(
         f"augment: {originals} train images + {params.augment.copies} augmented copies each "

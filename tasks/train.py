@@ -50,6 +50,7 @@ from tasks.core.layout import Layout
 from tasks.core.overrides import apply_tuned, tuned_summary
 from tasks.core.plotting import integer_ticks, pyplot, save_figure
 from tasks.core.runner import stage_main
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import Arrays, PackedMeta, load_arrays
 from tasks.modeling.artifact import ModelCard, save_model
 from tasks.modeling.batches import PackedDataModule
@@ -166,6 +167,7 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
     report on the global-zero process, None on other DDP ranks.
     """
     layout = layout or Layout.discover()
+    params = resolve_auto(params, layout)  # augment.hflip: auto -> the augment stage's verdict
     meta = PackedMeta.load(layout.packed_meta)
     arrays = load_arrays(layout, with_folds=params.train.cv_folds > 1)
 

@@ -44,6 +44,7 @@ from tasks.core.io import write_json
 from tasks.core.layout import Layout
 from tasks.core.overrides import write_best_params
 from tasks.core.runner import stage_main
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import PackedMeta, load_arrays
 from tasks.tuning.budget import HARD_LIMIT, SearchPlan, epoch_costs, plan_for, trial_capacity
 from tasks.tuning.reports import dimension_effects, plot_dimensions, plot_trials, trials_table
@@ -65,6 +66,7 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     Reads and writes inside `layout` (default: the current repository).
     """
     layout = layout or Layout.discover()
+    params = resolve_auto(params, layout)  # augment.hflip: auto -> the augment stage's verdict
     report_dir = layout.tune_reports
     settings = params.tune
     dimensions = settings.flat_space()

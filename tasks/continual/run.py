@@ -66,6 +66,7 @@ from tasks.core.runner import (
     stage_main,
     wants_help,
 )
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import load_split
 from tasks.modeling.artifact import load_model
 from tasks.packaging.bento import package
@@ -116,6 +117,7 @@ def learn(
     """One round of continual learning on `source`; the report and whether it is new work
     (False: the batch was learnt from before and `force` is off: the earlier report)."""
     require_dvc_repository(layout.root)
+    params = resolve_auto(params, layout)  # augment.hflip: auto -> the augment stage's verdict
     current = champion(layout.registry_dir)
     champion_model = load_model(current.folder)
     card = champion_model[1]

@@ -91,7 +91,8 @@ class AugmentConfig(Section):
     rotation: float = Field(12.0, ge=0, le=180)
     scale: tuple[float, float] = (0.9, 1.1)
     translate: float = Field(0.1, ge=0, le=0.5)
-    hflip: bool = False
+    # auto: on when the labels survive a mirror, measured by the augment stage (data/mirror.py)
+    hflip: bool | Literal["auto"] = False
     vflip: bool = False
     brightness: float = Field(0.2, ge=0, lt=1)
     contrast: float = Field(0.2, ge=0, lt=1)

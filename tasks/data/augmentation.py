@@ -24,6 +24,11 @@ class BatchAugment(torch.nn.Module):
 
     def __init__(self, config: AugmentConfig):
         super().__init__()
+        if config.hflip == "auto":
+            raise ValueError(
+                "augment.hflip: auto must be resolved from the augment stage's verdict first "
+                "(tasks.data.mirror.resolve_auto)"
+            )
         self.config = config
 
     def _uniform(self, low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -115,6 +120,8 @@ def torchvision_equivalent(config: AugmentConfig):
     """The same augmentation as a per-image torchvision.transforms.v2 pipeline on PIL images."""
     from torchvision.transforms import v2
 
+    if config.hflip == "auto":
+        raise ValueError("augment.hflip: auto must be resolved first (tasks.data.mirror)")
     steps = [
         v2.RandomAffine(
             degrees=config.rotation,

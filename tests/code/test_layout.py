@@ -49,7 +49,9 @@ def test_stages_called_from_another_folder_write_into_their_repository(
     monkeypatch.chdir(elsewhere)
     params = with_overrides(load_params(layout.params_file), {"tune.enabled": False})
 
-    written = augment_stage(params, layout)
+    written, flips = augment_stage(params, layout)
+    # random pixels: the mirror check's classifier is at chance, so augment.hflip: auto is off
+    assert params.augment.hflip == "auto" and "too close to chance" in flips
     assert written == 12 * (params.augment.copies + 1)
     assert np.load(layout.augmented_dir / "train_x.npy").shape == (written, 1, 16, 16)
     assert layout.augment_preview.exists()
@@ -58,7 +60,7 @@ def test_stages_called_from_another_folder_write_into_their_repository(
     assert summary["enabled"] is False
     assert read_best_params(layout.best_params) == {
         "train.lr": params.train.lr,
-        "augment.hflip": params.augment.hflip,
+        "augment.hflip": False,  # auto, resolved from the augment stage's verdict
         "augment.rotation": params.augment.rotation,
         "augment.scale": list(params.augment.scale),
         "model.width": params.model.width,
