@@ -167,9 +167,9 @@ def train(params: Params, layout: Layout | None = None) -> dict[str, Any] | None
     report on the global-zero process, None on other DDP ranks.
     """
     layout = layout or Layout.discover()
-    params = resolve_auto(params, layout)  # augment.hflip: auto -> the augment stage's verdict
     meta = PackedMeta.load(layout.packed_meta)
     arrays = load_arrays(layout, with_folds=params.train.cv_folds > 1)
+    params = resolve_auto(params, layout)  # augment.hflip: auto -> the augment stage's verdict
 
     if params.train.cv_folds > 1 and is_rank_zero():
         write_json(layout.cv_report, cross_validate(params, arrays, meta))

@@ -66,7 +66,6 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     Reads and writes inside `layout` (default: the current repository).
     """
     layout = layout or Layout.discover()
-    params = resolve_auto(params, layout)  # augment.hflip: auto -> the augment stage's verdict
     report_dir = layout.tune_reports
     settings = params.tune
     dimensions = settings.flat_space()
@@ -92,6 +91,9 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     root = layout.root
     meta = PackedMeta.load(layout.packed_meta)
     arrays = load_arrays(layout, with_test=False, with_folds=params.train.cv_folds > 1)
+    # augment.hflip: auto -> the augment stage's verdict, for the trials and the first anchor
+    # (a disabled search passes `auto` on to train, which resolves it the same way)
+    params = resolve_auto(params, layout)
     storage = layout.search_dir
     experiment = storage / EXPERIMENT
     state = ResumeState(storage / "state.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.config import Params, SearchDimension, TuneSettings, load_params
+from tasks.core.config import Params, SearchDimension, TuneSettings, load_params, with_overrides
 from tasks.tuning.budget import (
     ASYNC_FACTOR,
     MIN_TRIALS,
@@ -86,7 +86,8 @@ def test_the_budget_is_checked(tmp_path) -> None:
 def test_an_epoch_is_measured_for_every_capacity_the_space_can_pick() -> None:
     from tasks.data.packed import PackedMeta
 
-    params = load_params(REPO_ROOT / "params.yaml")
+    # no augment stage to measure flips (augment.hflip: auto): fixed off
+    params = with_overrides(load_params(REPO_ROOT / "params.yaml"), {"augment.hflip": False})
     dims = {
         **params.tune.flat_space(),
         "model.arch": SearchDimension(type="choice", values=["cnn", "resnet18"]),

@@ -200,7 +200,14 @@ def _interrupt(root: Path, sent: signal.Signals, epochs: int) -> int:
 def _interruptible_folder(root: Path, epochs: int) -> None:
     _toy_layout(root, n_train=256)
     (root / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
-    write_params(root, {"model": {"width": 8}, "train": {**TRAIN, "max_epochs": epochs}})
+    write_params(
+        root,
+        {
+            "model": {"width": 8},
+            "train": {**TRAIN, "max_epochs": epochs},
+            "augment": {"hflip": False},  # toy arrays, no augment stage to measure flips
+        },
+    )
 
 
 def test_ctrl_c_says_interrupted_exits_130_and_exports_nothing(tmp_path: Path) -> None:

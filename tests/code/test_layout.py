@@ -60,7 +60,7 @@ def test_stages_called_from_another_folder_write_into_their_repository(
     assert summary["enabled"] is False
     assert read_best_params(layout.best_params) == {
         "train.lr": params.train.lr,
-        "augment.hflip": False,  # auto, resolved from the augment stage's verdict
+        "augment.hflip": "auto",  # a disabled search passes it on; train resolves it
         "augment.rotation": params.augment.rotation,
         "augment.scale": list(params.augment.scale),
         "model.width": params.model.width,

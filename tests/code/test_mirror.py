@@ -131,7 +131,7 @@ def test_auto_without_a_verdict_names_the_stage_to_run(tmp_path: Path) -> None:
 
 
 def test_an_unresolved_auto_never_reaches_the_augmentation() -> None:
-    """"auto" is a true string: it must not silently mean flips."""
+    """ "auto" is a true string: it must not silently mean flips."""
     with pytest.raises(ValueError, match="resolved"):
         BatchAugment(AugmentConfig(hflip="auto"))
 
@@ -139,7 +139,7 @@ def test_an_unresolved_auto_never_reaches_the_augmentation() -> None:
 def test_the_setting_accepts_auto_and_booleans_only() -> None:
     assert AugmentConfig(hflip="auto").hflip == "auto"
     assert AugmentConfig(hflip=True).hflip is True
-    with pytest.raises(ConfigError, match="augment.hflip"):
+    with pytest.raises(ConfigError, match=r"augment\.hflip"):
         with_overrides(Params(), {"augment.hflip": "sometimes"})
 
 

@@ -56,6 +56,8 @@ META = PackedMeta.create(
 
 def _params(**sections: dict) -> Params:
     base = load_params(REPO_ROOT / "params.yaml").model_dump()
+    # toy arrays with no augment stage to measure flips (augment.hflip: auto): fixed off
+    base["augment"]["hflip"] = False
     for name, values in sections.items():
         base[name] = {**base[name], **values}
     return Params.model_validate(base)

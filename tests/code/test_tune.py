@@ -26,6 +26,8 @@ from tests.conftest import REPO_ROOT, run, write_params
 
 def _params(overrides: dict) -> Params:
     raw = load_params(REPO_ROOT / "params.yaml").model_dump()
+    # no augment stage to measure flips (augment.hflip: auto): fixed off
+    raw["augment"]["hflip"] = False
     for section, values in overrides.items():
         raw[section] = {**raw[section], **values}
     return Params.model_validate(raw)

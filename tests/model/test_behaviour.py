@@ -13,6 +13,7 @@ import torch
 
 from tasks.core.config import load_params
 from tasks.core.layout import Layout
+from tasks.data.mirror import resolve_auto
 from tasks.data.packed import PackedMeta, load_split
 from tasks.modeling.artifact import load_model
 from tasks.modeling.checks import beats_baseline, invariance, per_class_accuracy
@@ -56,7 +57,8 @@ def test_the_exported_model_computes_what_training_computed(trained_repo: Path) 
     """The export (weights + card's preprocessing) gives the Lightning module's outputs on the
     best checkpoint, through the module's own batch path (on_after_batch_transfer + forward)."""
     layout = Layout(trained_repo)
-    params = load_params(layout.params_file)
+    # as the train stage does: augment.hflip: auto -> the augment stage's verdict
+    params = resolve_auto(load_params(layout.params_file), layout)
     meta = PackedMeta.load(layout.packed_meta)
     network, card = load_model(layout.models_dir)
     val_x, val_y = load_split("val", layout.packed_dir)
