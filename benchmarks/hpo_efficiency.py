@@ -86,18 +86,11 @@ def grid_values(dimension: SearchDimension, points: int) -> list[Any]:
     return [float(v) for v in np.linspace(low, high, points + 1)[:-1] + (high - low) / points / 2]
 
 
-def scheduler_for(params: Params) -> Any:
-    """The scheduler the tune stage builds from `tune.*`."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def scheduler_for(params: Params, anchor: dict[str, Any] | None) -> Any:
+    """The tune stage's scheduler from `tune.*` (the params.yaml anchor kept to the end)."""
+    from tasks.tuning.scheduling import make_scheduler
 
-    settings = params.tune
-    if settings.scheduler != "asha":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        max_t=settings.max_epochs,
-        grace_period=settings.grace_period,
-        reduction_factor=settings.reduction_factor,
-    )
+    return make_scheduler(params.tune, params.tune.max_epochs, anchor, params.train.cv_folds)
 
 
 def run_search(
@@ -112,6 +105,7 @@ def run_search(
     params: Params,
     val_images: int,
     time_budget_s: float | None = None,
+    anchor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One Ray Tune search; its best validation accuracy, the trial the tune stage would hand
     to train (its config and score), epochs and trials."""
@@ -153,8 +147,19 @@ def run_search(
             COST_COLUMN: [costs[trial_capacity(trial["config"], params)] for trial in trials],
         }
     )
-    within = params.tune.cheaper_within_images
-    chosen = trials[choose_trial(table, "val_acc", "max", val_images, within).index]
+    from tasks.tuning.scheduling import anchor_row
+
+    settings = params.tune
+    choice = choose_trial(
+        table,
+        "val_acc",
+        "max",
+        val_images,
+        settings.cheaper_within_images,
+        params_row=anchor_row([trial["config"] for trial in trials], anchor),
+        keep_within_se=settings.keep_params_within_se,
+    )
+    chosen = trials[choice.index]
     return {
         "best": max(trial["best_val_acc"] for trial in trials),
         "chosen_val_acc": chosen["best_val_acc"],
@@ -228,6 +233,7 @@ def main() -> None:
             costs,
             params,
             val_images,
+            anchor=anchors[0] if anchors else None,  # the same rule picks the grid's trial
         )
         sides: dict[str, list[dict[str, Any]]] = {"shipped": [], "random": []}
         for seed, (side, kind) in itertools.product(
@@ -241,7 +247,7 @@ def main() -> None:
                 trainable,
                 search_space(dimensions),
                 searcher,
-                scheduler_for(params),
+                scheduler_for(params, anchors[0] if anchors else None),
                 settings.num_samples,
                 storage,
                 f"{side}_{seed}",
@@ -249,6 +255,7 @@ def main() -> None:
                 params,
                 val_images,
                 hard_stop,
+                anchors[0] if anchors else None,
             )
             sides[side].append({"seed": seed, **search})
     import ray

@@ -112,6 +112,8 @@ def chosen(repo: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    # read once, before anything runs: the sweep's rows start from these values
+    shipped = _shipped(_sweep_keys())
     with tempfile.TemporaryDirectory(prefix="sixfold-photo-search-") as scratch:
         scratch_dir = Path(scratch)
         photos = scratch_dir / "photos"
@@ -137,7 +139,7 @@ def main() -> None:
         sweep = []
         set_params(repo / "params.yaml", {"tune.enabled": False})
         for name, values in HAND_SWEEP:
-            set_params(repo / "params.yaml", _reset(values))
+            set_params(repo / "params.yaml", {**shipped, **values})
             seconds = timed(repo, "dvc", "repro", "evaluate")
             result = metrics(repo)
             sweep.append(
@@ -182,10 +184,9 @@ def main() -> None:
     )
 
 
-def _reset(values: dict[str, Any]) -> dict[str, Any]:
-    """The shipped value of every key any sweep row sets, with `values` over them."""
-    keys = sorted({key for _name, row in HAND_SWEEP for key in row})
-    return {**_shipped(keys), **values}
+def _sweep_keys() -> list[str]:
+    """Every key any sweep row sets."""
+    return sorted({key for _name, row in HAND_SWEEP for key in row})
 
 
 def _shipped(keys: list[str]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ interrupted search (Ctrl-C, a killed job) resumes on the next run with `Tuner.re
 How many trials and how many epochs each: from `tune.time_budget_minutes` and what an epoch of
 each capacity the space can pick costs on this data, timed before the trials start
 (`tasks.tuning.budget`). Which trial train gets: the one with the best score, or with
-`tune.cheaper_within_images` the cheapest of near-equals (`tasks.tuning.selection`).
+`tune.cheaper_within_images` the cheapest of near-equals, and the params.yaml configuration when
+it is within `tune.keep_params_within_se` standard errors of the best (`tasks.tuning.selection`;
+ASHA never stops that trial early: `tasks.tuning.scheduling`).
 
 `tune.address`: null starts a local Ray with this machine's CPUs; "auto" or "ray://host:port"
 joins an existing cluster (the code travels to the workers as Ray's runtime `working_dir`).
@@ -86,7 +88,8 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
 
     keep_ray_on_loopback(settings.address)
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tasks.tuning.scheduling import anchor_row, make_scheduler  # imports ray: after the above
 
     root = layout.root
     meta = PackedMeta.load(layout.packed_meta)
@@ -136,27 +139,18 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         tune.with_parameters(run_trial, base=base, arrays=arrays, meta=meta),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
+    # the search's first trials: the params.yaml values and the strongest augmentation
+    anchors = anchor_points({key: searchable_value(params, key) for key in dimensions}, dimensions)
+    own = anchors[0] if anchors else None
     if resume:
         print(f"tune: resuming the interrupted search in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        current = {key: searchable_value(params, key) for key in dimensions}
         searcher = make_searcher(
-            settings.search,
-            plan.trials,
-            settings.max_concurrent,
-            params.seed,
-            first=anchor_points(current, dimensions),
+            settings.search, plan.trials, settings.max_concurrent, params.seed, first=anchors
         )
-        scheduler = (
-            ASHAScheduler(
-                max_t=plan.max_epochs,
-                grace_period=settings.grace_period,
-                reduction_factor=settings.reduction_factor,
-            )
-            if settings.scheduler == "asha" and params.train.cv_folds <= 1
-            else FIFOScheduler()
-        )
+        # ASHA, except that the params.yaml configuration (the first anchor) trains to the end
+        scheduler = make_scheduler(settings, plan.max_epochs, own, params.train.cv_folds)
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(dimensions),
@@ -222,6 +216,8 @@ def tune_search(params: Params, layout: Layout | None = None) -> dict[str, Any]:
         settings.mode,
         len(arrays.val[1]),
         settings.cheaper_within_images,
+        params_row=anchor_row([r.config for r in ran], own),
+        keep_within_se=settings.keep_params_within_se,
     )
     table["chosen"] = table.index == choice.index
     best = ran[choice.index]

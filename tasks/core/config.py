@@ -208,6 +208,9 @@ class TuneSettings(Section):
     time_budget_minutes: float | None = Field(None, gt=0)
     # > 0: train gets the cheapest trial this many validation images below the best, or closer
     cheaper_within_images: int = Field(0, ge=0)
+    # train keeps the params.yaml configuration when within this many standard errors of the
+    # best trial's val_acc (the one-standard-error rule; 0: the best trial always wins)
+    keep_params_within_se: float = Field(0.0, ge=0)
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     cpus_per_trial: float = Field(1.0, gt=0)

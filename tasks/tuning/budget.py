@@ -11,7 +11,9 @@ into a number of trials and epochs per trial from what one epoch costs on this d
    optimizer steps (a small data set has few steps per epoch and needs more epochs), between
    `tune.grace_period` + 1 and `tune.max_epochs`.
 3. The trials: as many as the budget pays for, with ASHA stopping weak trials at its rungs
-   (`asha_epochs`: the expected epochs of one trial), up to `tune.num_samples`. When even
+   (`asha_epochs`: the expected epochs of one trial), up to `tune.num_samples`; the params.yaml
+   configuration's trial, which ASHA never stops early (`tune.keep_params_within_se` > 0),
+   costs its every epoch. When even
    MIN_TRIALS would not fit, the longest trial is shortened first (a search of two long trials
    chooses nothing), down to the grace period.
 
@@ -111,15 +113,32 @@ def plan_search(
         rf = settings.reduction_factor
         return ASYNC_FACTOR * asha_epochs(epochs, settings.grace_period, rf) + overhead
 
+    # ASHA never stops the params.yaml configuration early when train may keep it
+    # (tasks/tuning/scheduling.py): that one trial costs its every epoch
+    kept = asha and settings.keep_params_within_se > 0
+
+    def affordable(epochs: int) -> float:
+        """How many trials of up to `epochs` epochs the budget pays for."""
+        if not kept:
+            return capacity / per_trial(epochs)
+        full = epochs + TRIAL_OVERHEAD_S / epoch_seconds
+        return 1 + max(capacity - full, 0.0) / per_trial(epochs)
+
+    def cost(trials: int, epochs: int) -> float:
+        """The expected epochs of `trials` trials, overheads included."""
+        if not kept:
+            return trials * per_trial(epochs)
+        return epochs + TRIAL_OVERHEAD_S / epoch_seconds + (trials - 1) * per_trial(epochs)
+
     low = min(settings.grace_period + 1, settings.max_epochs) if asha else 1
     wanted = min(max(math.ceil(TARGET_STEPS / max(steps_per_epoch, 1)), low), settings.max_epochs)
     epochs = wanted
     least = min(MIN_TRIALS, settings.num_samples)
     shortest = settings.grace_period if asha else 1
-    while epochs > shortest and capacity / per_trial(epochs) < least:
+    while epochs > shortest and affordable(epochs) < least:
         epochs -= 1
-    trials = int(min(settings.num_samples, max(capacity // per_trial(epochs), min(2, least))))
-    expected = trials * per_trial(epochs) * epoch_seconds / 60 / max(min(slots, trials), 1)
+    trials = int(min(settings.num_samples, max(math.floor(affordable(epochs)), min(2, least))))
+    expected = cost(trials, epochs) * epoch_seconds / 60 / max(min(slots, trials), 1)
     if epochs < wanted:
         reason = (
             f"{budget:g} min at {epoch_seconds:.1f} s per epoch pays for {capacity:.0f} epochs: "

@@ -41,7 +41,9 @@ def test_a_bigger_budget_buys_more_trials_and_dearer_epochs_fewer() -> None:
         settings.model_copy(update={"time_budget_minutes": 6.0}), 60, 2, epoch_seconds=3.0
     )
     dearer = plan_search(settings, 60, 2, epoch_seconds=6.0)
-    assert bigger.trials > base.trials > dearer.trials
+    assert bigger.trials > base.trials
+    # dearer epochs buy less search: fewer or shorter trials
+    assert dearer.trials * dearer.max_epochs < base.trials * base.max_epochs
     assert base.max_epochs == -(-TARGET_STEPS // 60)  # ~500 steps: 9 epochs of 60
     # the plan fits the budget: its expected wall clock is at most the budget
     for plan in (base, bigger):
@@ -65,10 +67,26 @@ def test_a_tight_budget_shortens_trials_before_it_drops_below_the_minimum_of_tri
     assert plan.trials >= MIN_TRIALS
     assert plan.max_epochs < 16
     cost = ASYNC_FACTOR * asha_epochs(plan.max_epochs, 2, 3) + TRIAL_OVERHEAD_S / 5.0
-    assert plan.trials * cost <= 48 + 1e-9
+    # the params.yaml configuration's trial runs its every epoch (tune.keep_params_within_se)
+    full = plan.max_epochs + TRIAL_OVERHEAD_S / 5.0
+    assert full + (plan.trials - 1) * cost <= 48 + 1e-9
     assert "cut to" in plan.reason
     hopeless = plan_search(settings, steps_per_epoch=30, slots=2, epoch_seconds=600.0)
     assert hopeless.max_epochs == settings.grace_period and hopeless.trials == 2
+
+
+def test_the_params_configuration_trained_to_the_end_is_paid_for() -> None:
+    kept = _settings(time_budget_minutes=1.5, num_samples=64, max_epochs=16)
+    assert kept.keep_params_within_se > 0  # the shipped setting
+    plan = plan_search(kept, steps_per_epoch=28, slots=2, epoch_seconds=2.0)
+    free = plan_search(
+        kept.model_copy(update={"keep_params_within_se": 0.0}), 28, 2, epoch_seconds=2.0
+    )
+    # 90 epochs of budget, 16 per trial: ASHA's expected 4.4 (x1.3) + 2.5 overhead = 8.3 each,
+    # 90 / 8.3 = 10.9; with the kept trial's 16 + 2.5 first: 1 + 71.5 / 8.3 = 9.6
+    assert plan.max_epochs == free.max_epochs == 16
+    assert (free.trials, plan.trials) == (10, 9)
+    assert plan.expected_minutes <= 1.5 + 1e-9
 
 
 def test_without_a_budget_the_search_runs_as_set() -> None:
