@@ -82,6 +82,7 @@ def mirror_verdict(
         flips, reason = False, f"{figures}: mirroring changes what the images show"
     return {
         "flips": flips,
+        "told": as_is >= CHANCE_MULTIPLE * chance,  # False: too weak a classifier to tell
         "val_accuracy": as_is,
         "mirrored_accuracy": mirrored,
         "tolerance": tolerance,
@@ -129,7 +130,7 @@ def verdict_line(verdict: dict[str, Any], setting: Any) -> str:
     disagrees with what the data shows."""
     if setting == "auto":
         return f"augment.hflip auto -> {str(verdict['flips']).lower()}: {verdict['reason']}"
-    if bool(setting) != verdict["flips"] and "val_accuracy" in verdict:
+    if bool(setting) != verdict["flips"] and verdict.get("told", False):
         return (
             f"augment.hflip is {str(setting).lower()}, but {verdict['reason']} "
             "(augment.hflip: auto follows the data)"

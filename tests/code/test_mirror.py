@@ -90,7 +90,7 @@ def test_a_classifier_at_chance_cannot_tell_and_leaves_flips_off() -> None:
     images = rng.integers(0, 256, (200, 1, SIDE, SIDE)).astype(np.uint8)
     train, val = _split(images, np.arange(200) % 4)
     verdict = mirror_verdict(train, val, classes=4, seed=0)
-    assert verdict["flips"] is False
+    assert verdict["flips"] is False and verdict["told"] is False
     assert "too close to chance" in verdict["reason"]
 
 
@@ -144,10 +144,13 @@ def test_the_setting_accepts_auto_and_booleans_only() -> None:
 
 
 def test_the_stage_line_gives_the_verdict_or_a_hint(tmp_path: Path) -> None:
-    measured = {"flips": True, "val_accuracy": 0.8, "reason": "the labels survive a mirror"}
+    measured = {"flips": True, "told": True, "reason": "the labels survive a mirror"}
     assert verdict_line(measured, "auto").startswith("augment.hflip auto -> true: ")
     assert "augment.hflip: auto follows the data" in verdict_line(measured, False)
     assert verdict_line(measured, True) == ""
+    # a classifier too weak to tell gives no hint against a fixed setting
+    unsure = {"flips": False, "told": False, "reason": "too close to chance to tell, flips off"}
+    assert verdict_line(unsure, True) == ""
     write_verdict(Layout(tmp_path), measured, False)
     saved = json.loads((tmp_path / "data" / "augmented" / MIRROR_FILE).read_text())
     assert saved["setting"] is False and read_verdict(Layout(tmp_path))["flips"] is True
