@@ -118,6 +118,10 @@ _WAITS = (
 )
 
 
+def _default_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_under_make_run_shows_the_stages_last_line_and_exits_130(repo: Path) -> None:
     """Ctrl-C reaches every process of the terminal's foreground group: DVC ignores it while a
     stage runs, the stage says it was interrupted, and `flows.repro` must neither die with a
@@ -132,6 +136,10 @@ def test_ctrl_c_under_make_run_shows_the_stages_last_line_and_exits_130(repo: Pa
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # with Ctrl-C's default action, as a terminal gives its jobs: a shell that starts
+        # pytest in the background (`pytest &` in a script) ignores SIGINT for it, and an
+        # ignored signal stays ignored across exec
+        preexec_fn=_default_interrupt,
     )
     assert process.stdout is not None
     lines = []
