@@ -2,14 +2,21 @@
 
 Run on its own with ``python -m tasks.report`` (after the other stages; `make report` runs it).
 
-The page opens with the headline (test accuracy with its interval against the baseline, the gate
-decision, the served model) and a table of contents, then one section per hard question, in the
-pipeline's order: data validation and quarantine, split and leakage, augmentation, the search,
-learning curves and the gap, test metrics, confusion matrix, calibration, explanations,
-compression, the promotion gate. It is one file with its images inlined (no network, no script),
-so it can be mailed or kept as a CI artifact. A missing report does not stop it: its section says
-what is missing and which stage writes it, and the stage's last line names the incomplete
-sections.
+The page opens with which run it shows (when it was built, the git commit and whether files
+differ from it, params.yaml's sha256), the headline (test accuracy with its interval against the
+baseline, the gate decision, the served model) and a table of contents, then one section per
+hard question, in the pipeline's order: data validation and quarantine, split and leakage,
+augmentation, the search (and whether its hard stop cut it short), learning curves and the gap,
+test metrics, confusion matrix, calibration, explanations, compression, the promotion gate, the
+model registry's history (each accuracy with the test set it was measured on), the served bento
+and its validation; then what the flows did after the run, when they have: the latest drift
+checks and continual learning's decisions. It is one file with its images inlined (no network,
+no script), so it can be mailed or kept as a CI artifact. A missing report does not stop it: its
+section says what is missing and which stage writes it, and the stage's last line names the
+incomplete sections.
+
+The drift monitor and continual learning write outside DVC, so a check or decision made after
+the page was built shows once it is rebuilt: ``dvc repro --force --single-item report``.
 """
 
 from __future__ import annotations

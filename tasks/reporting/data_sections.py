@@ -181,11 +181,21 @@ def tuning(inputs: SectionInputs) -> str:
             )
             + best_table
         )
+    budget = mapping(summary, "budget")
+    trials_run = f"{number(summary.get('trials'))}" + (
+        f" of {number(budget.get('trials'))} planned" if is_number(budget.get("trials")) else ""
+    )
     parts = [
+        search_end(inputs, summary),
         key_values(
             [
-                ("trials", number(summary.get("trials"))),
-                ("budget", text(dig(summary, "budget", "reason"))),
+                ("trials run", trials_run),
+                ("plan (from the time budget)", text(budget.get("reason"))),
+                (
+                    "minutes: run / budget",
+                    f"{number(summary.get('minutes'), 2)} / "
+                    f"{number(budget.get('budget_minutes'), 2)}",
+                ),
                 ("chosen trial's validation accuracy", percent(summary.get("best_val_acc"))),
                 ("best validation accuracy of any trial", percent(summary.get("top_val_acc"))),
                 ("chosen", text(summary.get("chosen_by"))),
@@ -213,7 +223,7 @@ def tuning(inputs: SectionInputs) -> str:
             i for i, name in enumerate(header) if any(_float(r.get(name)) is not None for r in rows)
         ]
         parts.append(
-            f"<h3>Trials ({len(rows)}; the chosen one highlighted)</h3>"
+            f"<h3>Trials ({trials_run}; the chosen one highlighted)</h3>"
             + table(columns, cells, numeric, highlight=[top] if rows else [])
         )
     parts.append(inputs.figure(folder / "trials.png", "every trial's validation accuracy"))
@@ -222,6 +232,42 @@ def tuning(inputs: SectionInputs) -> str:
         inputs.figure(folder / "dimensions.png", "each trial's score against each searched value")
     )
     return "".join(parts)
+
+
+def search_end(inputs: SectionInputs, summary: dict[str, Any]) -> str:
+    """How the search ended, said plainly: all its planned trials, or cut by its hard stop.
+
+    The tune stage plans its trials from `tune.time_budget_minutes` and Ray stops the search at
+    a multiple of the budget whatever the plan said (tasks/tuning/budget.py); summary.json
+    records that as ``budget.stopped_by_budget``. A search cut short chose among fewer trials
+    than planned, which a reader must not mistake for the plan.
+    """
+    budget = mapping(summary, "budget")
+    stopped = budget.get("stopped_by_budget")
+    trials, planned = summary.get("trials"), budget.get("trials")
+    if not isinstance(stopped, bool):
+        return inputs.absent_key(inputs.layout.tune_summary, "budget.stopped_by_budget")
+    if stopped:
+        ran = (
+            f"{number(trials)} of the {number(planned)} planned trials ran"
+            if is_number(planned)
+            else f"{number(trials)} trials ran"
+        )
+        return note(
+            f"<b>The search hit its hard stop</b>: Ray ended it after "
+            f"{number(summary.get('minutes'), 2)} min, at the hard time limit of its "
+            f"{number(budget.get('budget_minutes'), 2)} min budget "
+            f"({code('tune.time_budget_minutes')}), so {ran}. The chosen trial is the best of "
+            "those; a larger budget (or a faster machine) lets the whole plan run.",
+            "bad",
+        )
+    if is_number(trials) and is_number(planned) and trials < planned:
+        return note(
+            f"{number(trials)} of the {number(planned)} planned trials ran, without a hard stop.",
+            "bad",
+        )
+    planned_all = "all its planned" if trials == planned else "its"
+    return note(f"The search ran {planned_all} {number(trials)} trials: no hard stop.", "good")
 
 
 def _float(value: str | None) -> float | None:

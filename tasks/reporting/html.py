@@ -18,6 +18,7 @@ import html
 import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -25,30 +26,36 @@ ABSENT = "&mdash;"  # what a table shows for a value no report holds
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;
-  max-width: 1100px; margin: 0 auto; padding: 0 24px 48px; }
+  max-width: 1100px; margin: 0 auto; padding: 0 24px 48px; overflow-wrap: break-word; }
 h1 { margin: 24px 0 8px; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 4px;
   margin-top: 40px; } h3 { margin: 20px 0 6px; font-size: 16px; }
 code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; font-size: 90%; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+.table { max-width: 100%; overflow-x: auto; margin: 8px 0 16px; }
+table { border-collapse: collapse; font-size: 14px; }
 th, td { border: 1px solid #d0d7de; padding: 3px 10px; text-align: left; vertical-align: top; }
-th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums;
+  white-space: nowrap; }
 tr.highlight td { background: #fff8c5; font-weight: 600; }
 figure { margin: 12px 24px 12px 0; display: inline-block; vertical-align: top; max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { font-size: 13px; color: #59636e; }
 .note { padding: 6px 12px; border-left: 4px solid; margin: 8px 0; }
 .note.missing { border-color: #bf8700; background: #fff8c5; }
 .note.bad { border-color: #cf222e; background: #ffebe9; }
 .note.good { border-color: #1a7f37; background: #dafbe1; }
+.note.info { border-color: #0969da; background: #ddf4ff; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-weight: 600;
-  color: #fff; background: #59636e; } .badge.good { background: #1a7f37; }
+  color: #fff; background: #59636e; white-space: nowrap; } .badge.good { background: #1a7f37; }
 .badge.bad { background: #cf222e; }
+.provenance { display: flex; flex-wrap: wrap; gap: 4px 24px; list-style: none; padding: 0;
+  margin: 0 0 8px; font-size: 14px; color: #59636e; } .provenance b { color: #1f2328; }
 .headline { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0 20px; }
 .card { border: 1px solid #d0d7de; border-radius: 8px; padding: 10px 16px; min-width: 220px;
-  max-width: 480px; }
+  max-width: 480px; overflow-wrap: anywhere; }
 .card .label { font-size: 13px; color: #59636e; } .card .value { font-size: 22px;
   font-weight: 600; } .card .detail { font-size: 13px; }
 .row { display: flex; flex-wrap: wrap; gap: 0 32px; align-items: flex-start; }
+.row > div { min-width: 0; max-width: 100%; }
 nav ol { columns: 2; } nav .incomplete { color: #9a6700; }
 """
 
@@ -81,6 +88,11 @@ def significant(value: object, digits: int = 4) -> str:
     )
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 check`, `2 checks`: a count with its noun, plural unless it is one (no -y/-es nouns)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def percent(value: object, digits: int = 2) -> str:
     """A fraction in [0, 1] as a percentage (`0.9963` -> `99.63 %`), else as :func:`number`."""
     return f"{100 * value:.{digits}f}&nbsp;%" if is_number(value) else number(value)
@@ -98,6 +110,22 @@ def interval(bounds: object) -> str:
     return ABSENT
 
 
+def moment(value: object) -> str:
+    """An ISO 8601 time as `2025-01-31 14:05 UTC` (a time without a zone as it is), else text."""
+    if isinstance(value, datetime):
+        when = value
+    else:
+        try:
+            when = datetime.fromisoformat(str(value)) if isinstance(value, str) else None
+        except ValueError:
+            when = None
+    if when is None:
+        return text(value)
+    if when.tzinfo is not None:
+        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
 def code(value: object) -> str:
     return f"<code>{text(value)}</code>"
 
@@ -109,7 +137,8 @@ def badge(label: object, good: bool | None = None) -> str:
 
 
 def note(body: str, kind: str = "missing") -> str:
-    """A boxed remark; `body` is HTML. Kinds: missing (a report or key absent), bad, good."""
+    """A boxed remark; `body` is HTML. Kinds: missing (a report or key absent), bad, good, and
+    info (where a section's files come from)."""
     return f'<p class="note {kind}">{body}</p>'
 
 
@@ -143,7 +172,12 @@ def table(
         )
         marked = ' class="highlight"' if index in highlight else ""
         body.append(f"<tr{marked}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # in a box that scrolls sideways: a table wider than the page (every searched key of the
+    # trials) scrolls on its own instead of widening the page (checked at 1280 px in Chromium)
+    return (
+        f'<div class="table"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def side_by_side(*parts: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ import yaml
 
 from tasks.core.layout import Layout
 from tasks.reporting.html import code, note, png_figure, text
+
+# Files the page reads that Layout does not name. Their writers live in packages that
+# tasks.reporting may not import (it sits below them), so the names are repeated here and
+# tests/code/test_report.py checks that they agree with the writers'.
+REGISTRY_FILE = "registry.json"  # tasks.registry.store: models/registry/registry.json
+MONITOR_FOLDER = "monitor"  # tasks.monitoring.report: reports/monitor/<UTC time>.json
+MONITOR_STATE = "state.json"  # tasks.monitoring.report: the monitor's state, not a check
+CONTINUAL_FOLDER = "continual"  # tasks.continual.report: reports/continual/<version>.json
 
 
 def dig(data: Any, *keys: str) -> Any:
@@ -74,6 +83,15 @@ def stage_writers(dvc_file: Path) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Writer:
+    """Who writes a file that no dvc.yaml stage declares (a flow run after the pipeline), and
+    the command that writes it: the advice a note gives when such a file is unusable."""
+
+    name: str  # "the drift monitor"
+    command: str  # "make monitor"
+
+
 class SectionInputs:
     """The report files one section reads, with a record of each one that was not usable.
 
@@ -100,42 +118,66 @@ class SectionInputs:
         folders = [declared for declared in self.writers if name.startswith(declared + "/")]
         return self.writers[max(folders, key=len)] if folders else None
 
-    def _explain(self, what: str, path: Path, after: str = "") -> str:
-        """Record `what` (plain text) about `path` in :attr:`missing`; the note to show."""
+    def _explain(self, what: str, path: Path, after: str = "", writer: Writer | None = None) -> str:
+        """Record `what` (plain text) about `path` in :attr:`missing`; the note to show.
+
+        The advice names `writer` when given, else the dvc.yaml stage that writes `path`.
+        """
+        if writer is not None:
+            self.missing.append(f"{what} ({writer.command})")
+            writes = f"{text(writer.name)} writes it ({code(writer.command)})"
+            return note(f"{text(what)}: {writes}{after}.")
         stage = self.writer(path)
         rerun = f"dvc repro {stage}" if stage else "dvc repro"
         self.missing.append(f"{what} ({rerun})")
         writes = f"the {code(stage)} stage writes it" if stage else "the pipeline writes it"
         return note(f"{text(what)}: {writes} ({code(rerun)}){after}.")
 
-    def absent_file(self, path: Path, problem: str = "is missing") -> str:
+    def absent_file(
+        self, path: Path, problem: str = "is missing", writer: Writer | None = None
+    ) -> str:
         """Record that `path` is unusable (`problem`, plain text); the note to show in its place."""
-        return self._explain(f"{self.name(path)} {problem}", path)
+        return self._explain(f"{self.name(path)} {problem}", path, writer=writer)
 
-    def absent_key(self, path: Path, key: str) -> str:
+    def absent_key(self, path: Path, key: str, writer: Writer | None = None) -> str:
         """Record that `path` lacks `key` (an older or failed run wrote it); the note to show."""
+        source = f"that {'flow' if writer else 'stage'}"
         return self._explain(
             f"{key} is not in {self.name(path)}",
             path,
-            "; the file may come from an older version of that stage",
+            f"; the file may come from an older version of {source}",
+            writer,
         )
 
-    def json(self, path: Path) -> dict[str, Any] | None:
-        """The JSON object in `path`; None (and a note) when missing, unreadable or no object."""
+    def json(self, path: Path, writer: Writer | None = None) -> dict[str, Any] | None:
+        """The JSON object in `path`; None (and a note) when missing, unreadable or no object.
+
+        `writer`: who writes `path` when no dvc.yaml stage does (for the note's advice).
+        """
         if not path.exists():
-            self.notes.append(self.absent_file(path))
+            self.notes.append(self.absent_file(path, writer=writer))
             return None
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             problem = f"could not be read ({type(error).__name__}: {error})"
-            self.notes.append(self.absent_file(path, problem))
+            self.notes.append(self.absent_file(path, problem, writer))
             return None
         if not isinstance(data, dict):
             problem = f"holds a JSON {type(data).__name__}, not an object"
-            self.notes.append(self.absent_file(path, problem))
+            self.notes.append(self.absent_file(path, problem, writer))
             return None
         return data
+
+    @staticmethod
+    def optional_json(path: Path) -> dict[str, Any] | None:
+        """The JSON object in `path`, or None, silently: for a cross-check against a file that
+        another section reads (and complains about)."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def csv_rows(self, path: Path) -> tuple[list[str], list[dict[str, str]]] | None:
         """The header and rows of the CSV file `path`; None (and a note) when missing."""
@@ -152,9 +194,11 @@ class SectionInputs:
             self.notes.append(self.absent_file(path, problem))
             return None
 
-    def figure(self, path: Path, caption: str) -> str:
+    def figure(self, path: Path, caption: str, writer: Writer | None = None) -> str:
         """`path` inlined as a figure, or a note (recorded) when it is missing or not a PNG."""
         if not path.exists():
-            return self.absent_file(path)
+            return self.absent_file(path, writer=writer)
         figure = png_figure(path, caption)
-        return figure if figure is not None else self.absent_file(path, "is not a readable PNG")
+        if figure is None:
+            return self.absent_file(path, "is not a readable PNG", writer)
+        return figure
