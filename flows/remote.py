@@ -1,10 +1,13 @@
 """What ``make push`` and ``make pull`` run: ``dvc push`` / ``dvc pull`` against the configured DVC
 remote, with one line that says what to do when it is not configured or refuses, and, after a
-pull, whether the workspace is what ``dvc.lock`` records (no stage to rerun).
+pull, whether the workspace is what ``dvc.lock`` and the ``.dvc`` files record (no stage to rerun,
+no data missing).
 
 Run with ``python -m flows.remote push|pull [REMOTE]`` (``--help`` says what it does).
 
-DVC alone already pushes and pulls; this wrapper exists for three things it does not do. With no
+DVC alone already pushes and pulls; this wrapper exists for four things it does not do. It names
+every ``dvc.yaml`` and ``.dvc`` file git sees as DVC's targets: left to itself, DVC misses
+continual learning's batches (``data/batches/<version>.dvc``; `dvc_files` says why). With no
 remote, DVC's error says ``dvc remote add`` but not what a remote needs here (an S3 URL, an
 endpoint and credentials from the environment). A credential in the committed ``.dvc/config``
 would be in git history for good; it is refused before anything is sent (the local
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,10 +39,12 @@ from tasks.core.secrets import secret_looking_keys
 USAGE = """\
 usage: python -m flows.remote [-h] {push,pull} [REMOTE]    (what `make push` / `make pull` run)
 
-push: send every cached output that dvc.lock records (data, models, the registry, the bento) to
-the DVC remote (`dvc push`). pull: fetch them and check them out (`dvc pull`), then check with
-`dvc status` that no stage needs to rerun. REMOTE defaults to the default remote (`dvc remote
-add -d`). Metrics and plots (cache: false) are not sent: they are committed to git with dvc.lock.
+push: send every cached output that dvc.lock records (data, models, the registry, the bento) and
+every .dvc file references (continual learning's batches, data/batches/*.dvc) to the DVC remote
+(`dvc push`). pull: fetch them and check them out (`dvc pull`), then check with `dvc status`
+that no stage needs to rerun and every .dvc file's data is there. REMOTE defaults to the default
+remote (`dvc remote add -d`). Metrics and plots (cache: false) are not sent: they are committed
+to git with dvc.lock; so are params.yaml and the .dvc files.
 
 The endpoint and credentials come from the environment: AWS_ENDPOINT_URL (an S3-compatible
 server; or `dvc remote modify --local <name> endpointurl ...`), AWS_ACCESS_KEY_ID and
@@ -46,7 +52,7 @@ AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.
 
 exit codes: 0 success (for pull: and nothing to rerun); 1 no remote, a credential in the
 committed .dvc/config, refused credentials, a missing bucket, or a pull that leaves stages to
-rerun; 75 the endpoint could not be reached (try again); otherwise DVC's own code.
+rerun or data missing; 75 the endpoint could not be reached (try again); otherwise DVC's own code.
 
 options:
   -h, --help  show this message and exit (nothing is run)
@@ -57,6 +63,11 @@ ADD_REMOTE = (
     "endpoint of an S3-compatible server in AWS_ENDPOINT_URL and the credentials in "
     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see README, 'Sharing results')"
 )
+
+# Where continual learning keeps its data versions (tasks/continual/batch.py, `batches_dir`): one
+# `dvc add`ed folder per batch, its `<version>.dvc` file beside it, committed.
+BATCHES = "data/batches"
+PATTERNS = ("*.dvc", "*dvc.yaml")  # git pathspecs: `*` matches `/` too, so in any folder
 
 # DVC's error text for a failed S3 call -> what to do, and the exit code.
 _HINTS = (
@@ -156,6 +167,55 @@ def hint_for(error_lines: list[str]) -> tuple[str, int] | None:
     return None
 
 
+def dvc_files(root: Path) -> list[str]:
+    """Every ``dvc.yaml`` and ``.dvc`` file of the workspace that git sees (committed, or new and
+    not ignored), relative to `root`: the targets of every push, pull and status check here.
+
+    DVC's own collection (no targets) is not used because it misses the batches. It walks the
+    workspace and skips each folder that scmrepo's dulwich backend calls git-ignored, and dulwich
+    (1.2, under scmrepo 3.6) matches the ``/data/*`` line of .gitignore against the folder
+    ``data/`` itself, which git does not (``git check-ignore data/`` is silent). So DVC never
+    looked inside ``data/``: `dvc push` said "Everything is up to date" with every batch unsent,
+    and a clone's `dvc pull` and `dvc status` were as blind. Git's own answer is what a clone
+    has. Empty outside a git repository, where DVC's collection consults no ignore rules.
+    """
+    result = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *PATTERNS],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return []
+    listed = {name for name in result.stdout.split("\0") if name}
+    return sorted(
+        name
+        for name in listed
+        if (name.endswith(".dvc") or posixpath.basename(name) == "dvc.yaml")
+        and (root / name).is_file()  # --cached lists a file deleted from the workspace too
+    )
+
+
+def _counted(count: int, noun: str, plural: str) -> str:
+    return f"{count} {noun if count == 1 else plural}"
+
+
+def what_travels(targets: list[str]) -> str:
+    """``the outputs dvc.lock records and 2 .dvc-tracked batches (data/batches/*.dvc)``: said
+    first, so a batch left out (not committed, not added) shows before anything is sent."""
+    dvc_tracked = [name for name in targets if name.endswith(".dvc")]
+    batches = sum(posixpath.dirname(name) == BATCHES for name in dvc_tracked)
+    text = (
+        f"the outputs dvc.lock records and "
+        f"{_counted(batches, '.dvc-tracked batch', '.dvc-tracked batches')} ({BATCHES}/*.dvc)"
+    )
+    others = len(dvc_tracked) - batches
+    if others:
+        text += f" and {_counted(others, 'other .dvc file', 'other .dvc files')}"
+    return text
+
+
 def _dvc(action: str, remote: Remote, root: Path, *arguments: str) -> tuple[int, list[str]]:
     """Run ``dvc <action> -r <remote>`` streaming its output; its exit code and ERROR lines."""
     output = DvcOutput()
@@ -170,10 +230,15 @@ def _dvc(action: str, remote: Remote, root: Path, *arguments: str) -> tuple[int,
     return code, [line for line in output.lines if line.startswith("ERROR: ")]
 
 
-def stale_stages(root: Path) -> list[str]:
-    """The stages `dvc status` finds not up to date with dvc.lock (empty: nothing to rerun)."""
+def stale_stages(root: Path, targets: list[str] | None = None) -> list[str]:
+    """The stages and .dvc files `dvc status` finds not up to date with dvc.lock or with their
+    .dvc file (empty: nothing to rerun, nothing missing); `targets` as `dvc_files` gives them."""
     result = subprocess.run(
-        dvc_command("status", "--json"), cwd=root, capture_output=True, text=True, check=False
+        dvc_command("status", "--json", *(targets or [])),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
@@ -182,9 +247,11 @@ def stale_stages(root: Path) -> list[str]:
 
 
 def uncommitted(root: Path) -> list[str]:
-    """dvc.lock and reports/ files git sees as changed: a clone would not find what was pushed."""
+    """dvc.lock, params.yaml, reports/ and .dvc files git sees as changed or new: a clone would not
+    find what was pushed (params.yaml: its stages would look changed)."""
+    paths = ["dvc.lock", "params.yaml", "reports", ".dvc/config", "*.dvc"]
     result = subprocess.run(
-        ["git", "status", "--porcelain", "--", "dvc.lock", "reports", ".dvc/config"],
+        ["git", "status", "--porcelain", "--", *paths],
         cwd=root,
         capture_output=True,
         text=True,
@@ -196,10 +263,13 @@ def uncommitted(root: Path) -> list[str]:
 def transfer(action: str, root: Path, name: str | None = None) -> int:
     """`make push` / `make pull` in the repository at `root`; returns the exit code."""
     remote = resolve_remote(root / ".dvc", name)
+    targets = dvc_files(root)
+    direction = "to" if action == "push" else "from"
     print(
-        f"make {action}: {action}ing the outputs dvc.lock records, {remote.describe()}", flush=True
+        f"make {action}: {action}ing {what_travels(targets)} {direction} {remote.describe()}",
+        flush=True,
     )
-    code, errors = _dvc(action, remote, root)
+    code, errors = _dvc(action, remote, root, *targets)
     if code != 0:
         hint, hint_code = hint_for(errors) or (None, code)
         what = f": {hint}" if hint else ""
@@ -214,15 +284,27 @@ def transfer(action: str, root: Path, name: str | None = None) -> int:
                 file=sys.stderr,
             )
         return 0
-    stale = stale_stages(root)
-    if stale:
+    stale = stale_stages(root, targets)
+    missing = [name for name in stale if name.endswith(".dvc")]
+    stages = [name for name in stale if name not in missing]
+    if stages:
         print(
-            f"make pull: stages not up to date with dvc.lock: {', '.join(stale)} (`dvc status` "
+            f"make pull: stages not up to date with dvc.lock: {', '.join(stages)} (`dvc status` "
             "says why; cache: false outputs, metrics and plots, come from git, not the remote)",
             file=sys.stderr,
         )
+    if missing:
+        print(
+            f"make pull: data not as its .dvc file says: {', '.join(missing)} (`dvc status "
+            f"{missing[0]}` says why; was it pushed? `dvc status --cloud {missing[0]}`)",
+            file=sys.stderr,
+        )
+    if stale:
         return EX_USER
-    print("make pull: the workspace matches dvc.lock; no stage needs to rerun", flush=True)
+    print(
+        "make pull: the workspace matches dvc.lock and the .dvc files; no stage needs to rerun",
+        flush=True,
+    )
     return 0
 
 

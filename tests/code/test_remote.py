@@ -1,17 +1,20 @@
 """flows/remote.py without a server: which remote `make push` / `make pull` use, the one-line
 errors when there is none or when the committed .dvc/config holds a credential, where the
-endpoint comes from, and the hint for DVC's S3 errors. The real push and pull against an S3
-server are in tests/system/test_remote.py."""
+endpoint comes from, the hint for DVC's S3 errors, and which dvc.yaml and .dvc files (continual
+learning's batches among them) every push, pull and status check names. The real push and pull
+against an S3 server are in tests/system/test_remote.py."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from flows.remote import hint_for, main, resolve_remote
+from flows.remote import dvc_files, hint_for, main, resolve_remote, stale_stages, what_travels
 from tasks.core.errors import UserError
 from tasks.core.runner import EX_TEMPFAIL, EX_USER
+from tests.conftest import REPO_ROOT, run
 
 REMOTE = "['remote \"storage\"']\n    url = s3://bucket/prefix\n"
 
@@ -105,3 +108,78 @@ def test_main_exits_1_with_one_line(
         main(["sync"])
     assert exit_info.value.code == EX_USER
     assert "usage: python -m flows.remote" in capsys.readouterr().err
+
+
+def _git_repository(root: Path) -> Path:
+    """A git repository at `root` with the project's own .gitignore (whose `/data/*` line is what
+    DVC's collection of .dvc files trips on)."""
+    root.mkdir(parents=True, exist_ok=True)
+    run(["git", "init", "-q"], root)
+    shutil.copy2(REPO_ROOT / ".gitignore", root / ".gitignore")
+    return root
+
+
+def _commit(root: Path) -> None:
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "files"], root)
+
+
+def test_dvc_files_are_what_git_sees_batches_included(tmp_path: Path) -> None:
+    root = _git_repository(tmp_path / "repo")
+    for name in (
+        "dvc.yaml",
+        "data/batches/old.dvc",  # committed
+        "data/batches/gone.dvc",  # committed, then deleted: nothing to push
+        "data/batches/old/raw/files/3/a.png",  # the batch itself: DVC's, git-ignored
+        "data/raw/files/odd.dvc",  # a pipeline output's file: git-ignored
+        "models/registry/x.dvc",  # likewise
+        "nested/dvc.yaml",
+        "notes/dvc.yaml.bak",
+    ):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x\n")
+    _commit(root)
+    (root / "data/batches/gone.dvc").unlink()
+    (root / "data/batches/new.dvc").write_text("x\n")  # not committed yet: pushed all the same
+    (root / "extra.dvc").write_text("x\n")
+
+    assert dvc_files(root) == [
+        "data/batches/new.dvc",
+        "data/batches/old.dvc",
+        "dvc.yaml",
+        "extra.dvc",
+        "nested/dvc.yaml",
+    ]
+    elsewhere = tmp_path / "not-git"
+    elsewhere.mkdir()
+    assert dvc_files(elsewhere) == []  # no git: DVC's own collection is right there
+
+
+def test_what_travels_counts_the_batches() -> None:
+    assert what_travels(["dvc.yaml"]) == (
+        "the outputs dvc.lock records and 0 .dvc-tracked batches (data/batches/*.dvc)"
+    )
+    one = what_travels(["data/batches/a1.dvc", "dvc.yaml"])
+    assert one.endswith("and 1 .dvc-tracked batch (data/batches/*.dvc)")
+    mixed = what_travels(["data/batches/a1.dvc", "data/batches/b2.dvc", "extra.dvc", "dvc.yaml"])
+    assert mixed.endswith("2 .dvc-tracked batches (data/batches/*.dvc) and 1 other .dvc file")
+
+
+def test_status_on_the_targets_sees_a_batch_dvc_alone_misses(tmp_path: Path) -> None:
+    """A real `dvc add`ed batch under the project's .gitignore, where DVC's own collection walks
+    past data/ (`flows.remote.dvc_files` says why): with `dvc_files` as targets, `dvc status`
+    names the batch whose file is missing, as the check after `make pull` needs."""
+    root = _git_repository(tmp_path / "repo")
+    run(["dvc", "init", "-q"], root)
+    batch = root / "data" / "batches" / "v1"
+    (batch / "packed").mkdir(parents=True)
+    (batch / "batch.json").write_text("{}\n")
+    (batch / "packed" / "train_x.npy").write_bytes(b"\x93NUMPY")
+    run(["dvc", "add", "-q", "data/batches/v1"], root)
+    _commit(root)
+    targets = dvc_files(root)
+    assert targets == ["data/batches/v1.dvc"]
+    assert stale_stages(root, targets) == []
+
+    (batch / "batch.json").unlink()
+    assert stale_stages(root, targets) == ["data/batches/v1.dvc"]
