@@ -60,10 +60,10 @@ report: setup ## bring the pipeline up to date and say where its HTML report is 
 
 REMOTE ?=
 
-push: setup ## send the outputs dvc.lock records to the DVC remote (dvc push; REMOTE=name: not the default one)
+push: setup ## send what dvc.lock and the .dvc files (continual batches) record to the DVC remote (REMOTE=name: not the default one)
 	@$(PYTHON) -m flows.remote push $(REMOTE)
 
-pull: setup ## fetch the outputs dvc.lock records from the DVC remote; after it no stage needs to rerun
+pull: setup ## fetch what dvc.lock and the .dvc files record from the DVC remote; after it no stage needs to rerun
 	@$(PYTHON) -m flows.remote pull $(REMOTE)
 
 serve: setup ## serve the champion over HTTP with BentoML on serve.host:serve.port (127.0.0.1:3000; run `make run` first)
@@ -71,13 +71,22 @@ serve: setup ## serve the champion over HTTP with BentoML on serve.host:serve.po
 	@BENTOML_HOME=$(abspath models/bentoml) $(VENV)/bin/bentoml serve deploy.service:Classifier
 
 PREFECT_PORT ?= 4200
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)
+# The project's Prefect home (the server's database, profiles, logs) lives in the checkout, so two
+# checkouts never share ~/.prefect; git-ignored. PREFECT_HOME=DIR (make or environment): another.
+PREFECT_HOME ?= $(abspath .prefect)
 
-prefect-server: setup ## start a local Prefect server (UI and API on 127.0.0.1:4200; PREFECT_PORT=N: another port) in the foreground
-	@echo "prefect-server: UI at http://127.0.0.1:$(PREFECT_PORT); in another terminal: export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api"
-	@$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+# The UI asks the server for its API's address (/ui-settings): without PREFECT_UI_API_URL that is
+# PREFECT_API_URL or port 4200, whatever --port says. The server's own PREFECT_API_URL is cleared.
+prefect-server: setup ## start a local Prefect server (UI and API on 127.0.0.1:4200, its database in .prefect/; PREFECT_PORT=N: another port) in the foreground
+	@echo "prefect-server: UI at $(PREFECT_URL), API at $(PREFECT_URL)/api, Prefect home $(PREFECT_HOME)"
+	@echo "prefect-server: then, in another terminal: make deploy PREFECT_PORT=$(PREFECT_PORT) (or export PREFECT_API_URL=$(PREFECT_URL)/api)"
+	@PREFECT_HOME="$(PREFECT_HOME)" PREFECT_API_URL= PREFECT_UI_API_URL=$(PREFECT_URL)/api PREFECT_UI_URL=$(PREFECT_URL) \
+		PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+		$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-deploy: setup ## create the process work pool, deploy prefect.yaml (training weekly, drift monitor hourly, continual learning) and start a worker; needs PREFECT_API_URL
-	@$(PYTHON) -m flows.deploy
+deploy: setup ## deploy prefect.yaml (training weekly, drift monitor hourly, continual learning) to make prefect-server's server (or PREFECT_API_URL's) and run a worker; Ctrl-C or SIGTERM stops it within 30 s
+	@PREFECT_HOME="$(PREFECT_HOME)" PREFECT_API_URL="$${PREFECT_API_URL:-$(PREFECT_URL)/api}" $(PYTHON) -m flows.deploy
 
 monitor: setup ## one drift check of the served model's prediction log (reports/monitor/<time>.json)
 	@$(PYTHON) -m flows.monitor

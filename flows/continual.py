@@ -6,7 +6,9 @@ flow then learns from `continual.batch` in params.yaml, and with none configured
 finishes). The work runs as a child process (``python -m tasks.continual.run``): it fine-tunes
 a network, and flows know no tensors. The flow reads the run's report and returns its summary:
 ``{"promoted", "challenger", "champion", "version", "old_test", "new_test", "bento", "report"}``
-(accuracies as fractions, each ``{"champion", "challenger"}``), or a Failed state.
+(accuracies as fractions, each ``{"champion", "challenger"}``), or a Failed state. The round
+runs holding the workspace (`flows.workspace`): while another run holds it, the flow fails at
+once with one line naming that run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from flows.stages import (
     reported_failure,
     run_in_child,
 )
+from flows.workspace import holding_workspace
 from tasks.core.config import load_params
 from tasks.core.errors import ConfigError
 from tasks.core.io import read_json
@@ -49,7 +52,8 @@ on it plus a replay sample of the old train split, and promote the challenger on
 better on the batch's test part and loses at most continual.max_forgetting on the old test split
 (python -m tasks.continual.run in a child process). A promoted challenger is packaged and
 validated as a bento. Writes data/batches/<version>/ (+ .dvc), the registry and
-reports/continual/<version>.json with a plot; the last line is the decision.
+reports/continual/<version>.json with a plot; the last line is the decision. Holds the
+workspace meanwhile (.sixfold/workspace.lock), as the training pipeline does.
 
 options:
   -h, --help        show this message and exit (nothing is run)
@@ -59,7 +63,8 @@ options:
 
 exit codes: 0 done, whatever the decision (or no batch configured); 1 a data or file problem
 (nothing usable in the batch, no champion yet, not a DVC repository); 2 a mistake in params.yaml
-or in the arguments.
+or in the arguments; 75 another run (training, continual learning, a drift check) holds the
+workspace: one line names it, nothing was touched, try again later.
 
 environment:
   PREFECT_API_URL  a Prefect server to record the run in; without it Prefect starts a temporary
@@ -119,6 +124,12 @@ def continual_learning(
     if batch is None:
         print(NOTHING_CONFIGURED)
         return None
+    chosen = batch  # a str from here on, for the closure
+    return holding_workspace(root, "continual-learning", lambda: _learn(root, chosen, force))
+
+
+def _learn(root: Path, batch: str, force: bool) -> dict[str, Any] | State:
+    """The round itself, run while the flow holds the workspace."""
     state = learn_from_batch(str(root), batch, force, return_state=True)
     if state.is_failed():
         return reported_failure(state, "continual-learning")

@@ -8,7 +8,12 @@ Three steps against the server at ``PREFECT_API_URL`` (a local one: ``make prefe
    starts when it finds drift. Their runs execute in this repository (``SIXFOLD_REPO``, which
    prefect.yaml's pull step reads, is set to the repository root here);
 3. a process worker for the pool starts in the foreground (``--no-worker``: skip it), so the
-   scheduled runs happen while it runs; Ctrl-C stops it and leaves the deployments in place.
+   scheduled runs happen while it runs. It runs as a child (`flows.worker`): Ctrl-C or SIGTERM
+   stops it within 30 s, and a flow run in progress is stopped with it and ends Crashed, not
+   Running; the deployments stay in place.
+
+It first says which server and which Prefect home it uses (``PREFECT_API_URL``,
+``PREFECT_HOME``: ``make deploy`` sets them to ``make prefect-server``'s, see the Makefile).
 
 Each Prefect command's output is shown as it comes; a failure is one ``error:`` line naming the
 step, exit 1 (75 when the server cannot be reached: start it, then try again).
@@ -23,8 +28,9 @@ import sys
 from pathlib import Path
 
 import httpx
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
+from flows.worker import run_worker
 from tasks.core.options import parse_options
 from tasks.core.runner import EX_TEMPFAIL
 
@@ -40,12 +46,18 @@ options:
   --no-worker   deploy only; start a worker later with
                 `prefect worker start --pool sixfold --type process`
 
-exit codes: 0 deployed (and, with a worker, the worker stopped by Ctrl-C); 1 a Prefect command
-failed; 2 a bad argument or no PREFECT_API_URL; 75 the server did not answer.
+The worker stops on Ctrl-C or SIGTERM within 30 s: the processes of a flow run in progress get
+SIGTERM (SIGKILL 10 s later), then the worker does; a run left unfinished is set Crashed.
+
+exit codes: 0 deployed (and, with a worker, the worker stopped by Ctrl-C or SIGTERM); 1 a
+Prefect command failed; 2 a bad argument or no PREFECT_API_URL; 75 the server did not answer;
+otherwise the exit code of a worker that stopped by itself.
 
 environment:
   PREFECT_API_URL  the Prefect server's API, e.g. http://127.0.0.1:4200/api (make prefect-server);
                    or set in the active Prefect profile (prefect config set PREFECT_API_URL=...)
+  PREFECT_HOME     Prefect's local folder (profiles, the worker's files); make deploy sets it to
+                   the checkout's .prefect, as make prefect-server does
 """
 
 POOL = "sixfold"
@@ -120,6 +132,7 @@ def main(arguments: list[str] | None = None) -> None:
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
         raise SystemExit(2)
+    print(f"deploy: Prefect API {api_url} (PREFECT_API_URL); Prefect home {PREFECT_HOME.value()}")
     if not server_answers(api_url):
         print(f"error: no Prefect server answers at {api_url}; start it (make prefect-server)")
         raise SystemExit(EX_TEMPFAIL)
@@ -132,11 +145,10 @@ def main(arguments: list[str] | None = None) -> None:
     if not worker:
         print(f"deploy: done; start a worker with: prefect worker start --pool {pool}")
         return
-    print(f"deploy: starting a process worker for pool {pool!r} (Ctrl-C stops it)")
+    print(f"deploy: starting a process worker for pool {pool!r} (Ctrl-C or SIGTERM stops it)")
     environment = {**os.environ, "SIXFOLD_REPO": str(root)}
     command = [prefect_executable(), "worker", "start", "--pool", pool, "--type", "process"]
-    os.chdir(root)
-    os.execvpe(command[0], command, environment)
+    raise SystemExit(run_worker(command, root, environment))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ few records since the last check to tell).
 
 Continual learning is not started here unless asked: `on_drift` names a deployment (e.g.
 ``continual-learning/continual-learning``) that is started, without its parameters and without
-waiting for it, through `prefect.deployments.run_deployment` when drift is found.
+waiting for it, through `prefect.deployments.run_deployment` when drift is found. The check runs
+holding the workspace (`flows.workspace`: it writes the monitor's state), which is given back
+before continual learning is started, so that run can take it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from flows.stages import (
     reported_failure,
     run_in_child,
 )
+from flows.workspace import holding_workspace
 from tasks.core.errors import shown
 from tasks.core.io import read_json
 from tasks.core.layout import Layout
@@ -55,7 +58,8 @@ options:
   --on-drift DEPLOYMENT    start this Prefect deployment when drift is found
 
 exit codes: 0 a check was made, whatever its verdict; 1 a missing input (no champion yet: run
-the pipeline); 2 a mistake in params.yaml or in the arguments.
+the pipeline); 2 a mistake in params.yaml or in the arguments; 75 another run (training,
+continual learning) holds the workspace: one line names it, nothing was checked, try again later.
 
 environment:
   PREFECT_API_URL  a Prefect server to record the run in; without it Prefect starts a temporary
@@ -95,14 +99,22 @@ def drift_monitor(
             report.
     """
     root = Path(repo).resolve()
+    checked = holding_workspace(root, "drift-monitor", lambda: _check(root, since))
+    if isinstance(checked, State):
+        return checked
+    if checked and on_drift:  # the workspace is free again: the run started can take it
+        start_deployment(on_drift)
+    return checked
+
+
+def _check(root: Path, since: str | None) -> bool | State | None:
+    """The check itself, run while the flow holds the workspace: its verdict or a Failed state."""
     report = report_path(Layout.discover(root).reports_dir, datetime.now(UTC))
     state = run_check(str(root), str(report), since, return_state=True)
     if state.is_failed():
         return reported_failure(state, "drift-monitor")
     payload = state.result()
     print(f"drift-monitor: {payload['reason']}; report {shown(report)}")
-    if payload["drift"] and on_drift:
-        start_deployment(on_drift)
     return payload["drift"]
 
 

@@ -14,10 +14,11 @@ Completed state named "Skipped" (not a run), and a finished run leaves a markdow
 
 Flow parameters override params.yaml keys the way ``dvc exp run -S`` does (`overrides`, e.g.
 ``{"train.lr": 0.001}``): checked by the typed config before any stage runs, then written into
-params.yaml (`tasks.core.overrides`). Two runs in one workspace would race on its files: a Prefect
-global concurrency limit of one slot per workspace (`sixfold-workspace-<hash of its path>`)
-makes a second run fail at once with one line, before it touches anything; DVC's own lock is
-the second guard. Deployments and schedules: prefect.yaml at the repository root.
+params.yaml (`tasks.core.overrides`). Two runs in one workspace would race on its files: the run
+holds the workspace lock (`flows.workspace`, shared with continual learning and the drift
+monitor), so a second run fails at once with one line naming the holder, before it touches
+anything; DVC's own lock is the second guard. Deployments and schedules: prefect.yaml at the
+repository root.
 
 A stage's output is streamed to the task's log as it comes (progress bars thinned out to
 one update every few seconds). A failed stage ends the flow in a Failed state without a traceback:
@@ -27,7 +28,6 @@ This module knows nothing of tensors; it only reads the DAG and runs stages.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from prefect import flow, get_client, get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
 
 from flows.stages import (
@@ -57,9 +56,9 @@ from flows.stages import (
     stage_outcome,
     stream,
 )
+from flows.workspace import holding_workspace
 from tasks.core.errors import ConfigError
 from tasks.core.overrides import parse_assignment
-from tasks.core.runner import EX_TEMPFAIL
 
 USAGE = """\
 usage: python -m flows.pipeline [-h] [--set KEY=VALUE ...]
@@ -77,8 +76,9 @@ finds DVC's lock held is retried twice with exponential backoff.
 exit codes: 0 every stage succeeded; otherwise the failing step's code: 1 a mistake in the data
 or files, 2 a mistake in params.yaml, 75 a transient error that the retries did not fix.
 
-A run holds the workspace: a second run started meanwhile (by hand or by a schedule) fails at
-once with one line and exit 75, touching nothing.
+A run holds the workspace (.sixfold/workspace.lock): a second run, or a continual-learning or
+drift-monitor run, started meanwhile (by hand or by a schedule) fails at once with one line
+naming the holder and exit 75, touching nothing.
 
 options:
   -h, --help       show this message and exit (nothing is run)
@@ -205,14 +205,6 @@ def _failed(state: State) -> State:
     return reported_failure(state, "training-pipeline")
 
 
-def workspace_limit(root: str) -> str:
-    """The name of the global concurrency limit that guards the workspace at `root`."""
-    return "sixfold-workspace-" + hashlib.sha256(root.encode()).hexdigest()[:12]
-
-
-WORKSPACE_WAIT_S = 5.0  # a second run waits this long for the workspace, then fails
-
-
 def _read_report(path: Path) -> dict[str, Any]:
     """A report's JSON object; {} when it is missing, unreadable or not an object."""
     try:
@@ -300,21 +292,9 @@ def training_pipeline(
         overrides: params.yaml keys to set first, e.g. ``{"train.lr": 0.001}``, the way
             ``dvc exp run -S`` sets them (written into params.yaml; checked before any stage).
     """
-    root = str(Path(repo_root).resolve())
+    root, chosen = str(Path(repo_root).resolve()), dict(overrides or {})
     _drop_empty_tracebacks()
-    limit = workspace_limit(root)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(limit, 1)
-    try:
-        with concurrency(limit, occupy=1, timeout_seconds=WORKSPACE_WAIT_S, strict=True):
-            return _run_all(root, dict(overrides or {}))
-    except TimeoutError:
-        failure = StageFailure("workspace", EX_TEMPFAIL, "the workspace lock")
-        print(
-            f"error: another training-pipeline run holds the workspace {root} (concurrency limit "
-            f"{limit}); try again when it has finished"
-        )
-        return Failed(message=failure.describe(), data=failure)
+    return holding_workspace(root, "training-pipeline", lambda: _run_all(root, chosen))
 
 
 def run_pipeline(

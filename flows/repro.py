@@ -15,8 +15,11 @@ in this module's last line and in make's ``Error <code>`` line. Torch-free.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 from flows.stages import (
     DvcOutput,
@@ -27,9 +30,10 @@ from flows.stages import (
     python_command,
     stream,
 )
+from flows.workspace import WorkspaceBusy, WorkspaceLock
 from tasks.core.io import read_json
 from tasks.core.layout import Layout
-from tasks.core.runner import EX_INTERRUPTED
+from tasks.core.runner import EX_INTERRUPTED, EX_TEMPFAIL
 
 USAGE = """\
 usage: python -m flows.repro [-h] [DVC_REPRO_ARGUMENT ...]    (what `make run` runs)
@@ -42,7 +46,8 @@ gate's decision, the served model format and the HTML report's path. Reads param
 and the data source; writes what the stages write (data/, models/, reports/, dvc.lock).
 
 exit codes: 0 success; otherwise the failing step's own code: 1 a mistake in the data or files,
-2 a mistake in params.yaml, 75 a transient error (network, timeout), 130 interrupted by Ctrl-C
+2 a mistake in params.yaml, 75 a transient error (network, timeout) or the workspace held by
+another run (a Prefect flow run or another `make run`: one line names it), 130 interrupted by Ctrl-C
 (the stage's own last line says where it resumes), 128+N killed by signal N; DVC's own code (255)
 for a failure that is not a stage's. Under `make run`, make itself exits 2 and prints
 `Error <code>`.
@@ -60,8 +65,22 @@ def _say_failure(failure: StageFailure) -> int:
 
 
 def repro(arguments: list[str]) -> int:
-    """Run the steps of `make run`; returns the exit code."""
+    """Run the steps of `make run` holding the workspace (the rule of `flows.workspace`: a
+    Prefect flow run or another `make run` in this checkout makes this one fail at once, exit
+    75, before it touches anything); returns the exit code."""
     layout = Layout.discover()
+    since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    holder = f"make run (pid {os.getpid()} on {socket.gethostname()}, since {since})"
+    try:
+        lock = WorkspaceLock.acquire(layout.root, holder)
+    except WorkspaceBusy as busy:
+        print(f"error: {busy}; make run did nothing: try again when that run has finished")
+        return _say_failure(StageFailure("workspace", EX_TEMPFAIL, "the workspace lock"))
+    with lock:
+        return _repro(layout, arguments)
+
+
+def _repro(layout: Layout, arguments: list[str]) -> int:
     steps = (
         ("the params.yaml check", ["-m", "tasks.core.config"]),
         ("the source fingerprint (tasks.source)", ["-m", "tasks.source"]),

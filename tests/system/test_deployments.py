@@ -1,6 +1,6 @@
 """Prefect deployments as `make deploy` makes them: a real `prefect server start` on 127.0.0.1,
-`prefect deploy --all` from prefect.yaml (through flows/deploy.py, what the Makefile runs), a
-process worker, one deployment run of each flow that completes, the schedules on the server.
+`prefect deploy --all` from prefect.yaml and a process worker (flows/deploy.py, what the Makefile
+runs), one deployment run of each flow that completes, the schedules on the server.
 
 The flows run in a copy of the trained repository (a real `dvc repro` of the digits, with a
 champion): the training pipeline finds every stage up to date, the drift monitor finds too few
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.conftest import VENV_BIN, run
 pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_S = 900  # a deployment run must end within this (continual learning fine-tunes)
+STOP_LIMIT_S = 30  # make deploy's worker stops within this of SIGTERM
 PER_CLASS = 24  # inverted images per class in the continual batch: enough for a test part
 
 
@@ -32,19 +34,17 @@ PER_CLASS = 24  # inverted images per class in the continual batch: enough for a
 def deployed(
     trained_repo: Path, prefect_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, str]]:
-    """A copy of the trained repository deployed to the server, a process worker running."""
+    """A copy of the trained repository deployed to the server and a worker running, both by
+    `python -m flows.deploy` (what make deploy runs); SIGTERM stops it within 30 s."""
     repo = tmp_path_factory.mktemp("deployed") / "repo"
     shutil.copytree(trained_repo, repo, symlinks=True)
-    environment = {"PREFECT_API_URL": prefect_server}
-    result = run(["python", "-m", "flows.deploy", "--no-worker"], repo, env=environment)
-    assert "Deployment 'training-pipeline/training-pipeline' successfully created" in result.stdout
     log = open(repo.parent / "worker.log", "w")  # noqa: SIM115 (open for the worker's life)
-    worker = subprocess.Popen(
-        [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "sixfold", "--type", "process"],
+    deploy = subprocess.Popen(
+        [str(VENV_BIN / "python"), "-m", "flows.deploy"],
         cwd=repo,
         env={
             **os.environ,
-            **environment,
+            "PREFECT_API_URL": prefect_server,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         },
@@ -52,17 +52,34 @@ def deployed(
         stderr=subprocess.STDOUT,
     )
     try:
+        deadline = time.monotonic() + 300
+        while "Worker 'ProcessWorker" not in _worker_log(repo):
+            assert deploy.poll() is None and time.monotonic() < deadline, _worker_log(repo)
+            time.sleep(0.5)
+        assert (
+            "Deployment 'training-pipeline/training-pipeline' successfully created"
+            in (repo.parent / "worker.log").read_text()
+        )
+        pause_schedules(prefect_server)
         yield repo, prefect_server
     finally:
-        worker.terminate()
+        deploy.terminate()
         try:
-            worker.wait(timeout=60)
+            assert deploy.wait(timeout=STOP_LIMIT_S) == 0, _worker_log(repo)
         except subprocess.TimeoutExpired:
-            # a loaded machine: the worker's graceful shutdown outlasted the minute; the tests
-            # are done with it, so it goes the hard way rather than outliving the session
-            worker.kill()
-            worker.wait(timeout=30)
-        log.close()
+            deploy.kill()  # not left running after the session; the failure is reported
+            raise
+        finally:
+            log.close()
+
+
+def pause_schedules(api_url: str) -> None:
+    """Turn the deployments' schedules off (they stay on the server, inactive): a scheduled
+    run that starts while a test's run holds the workspace would make one of them fail."""
+    with _api(api_url) as client:
+        for deployment in client.read_deployments():
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 
 
 @contextmanager
@@ -100,6 +117,9 @@ def test_the_schedules_are_on_the_server(deployed: tuple[Path, str]) -> None:
     assert crons["drift-monitor"] == ["0 * * * *"]
     assert crons["continual-learning"] == []
     assert all(d.work_pool_name == "sixfold" for d in deployments.values())
+    # one concurrency rule, the flows' workspace lock: no deployment limit queues a run
+    assert all(d.concurrency_limit is None for d in deployments.values())
+    assert all(d.global_concurrency_limit is None for d in deployments.values())
     step = deployments["training-pipeline"].pull_steps[0]
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(repo)
     assert deployments["drift-monitor"].parameters == {

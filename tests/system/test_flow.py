@@ -3,6 +3,9 @@ line per mistake and the stage's exit code, progress while a stage runs, a truth
 stage (in the server too: up-to-date stages end as "Skipped"), retries of transient failures only,
 parameter overrides checked before any stage, one run per workspace, the run's markdown artifact.
 
+A run holds the workspace (flows/workspace.py): a second training run, or continual learning or
+the drift monitor meanwhile, fails at once with one line naming the holder.
+
 Most tests here replace the repo copy's dvc.yaml with a few small stages, so the flow's own
 behaviour is tested in seconds; tests/system/test_pipeline.py runs it on the real pipeline.
 """
@@ -317,8 +320,15 @@ def test_a_second_run_in_the_same_workspace_fails_at_once(
         second = _flow(repo, server_env)
         log = second.stdout + second.stderr
         assert second.returncode == 75, log[-3000:]
-        assert "another training-pipeline run holds the workspace" in log
-        assert "Running stage" not in log
+        errors = [line for line in log.splitlines() if "error: the workspace" in line]
+        assert len(errors) == 1, log[-3000:]  # one line, naming the run that holds it
+        assert re.search(
+            rf"error: the workspace {re.escape(str(repo))} is held by training-pipeline "
+            r"\(flow run '[\w-]+' [0-9a-f-]{36}, pid \d+ on .+, since .+ UTC\); this "
+            r"training-pipeline run did nothing: try again when that run has finished",
+            errors[0],
+        ), errors[0]
+        assert "Running stage" not in log and "Traceback" not in log
     finally:
         (repo / "go").touch()
     assert first.stdout is not None
@@ -327,3 +337,34 @@ def test_a_second_run_in_the_same_workspace_fails_at_once(
     assert (repo / "second.out").read_text() == "first second"
     third = _flow(repo, server_env)  # the slot was given back
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_continual_learning_and_the_monitor_fail_at_once_while_the_workspace_is_held(
+    repo: Path, tmp_path: Path, server_env: dict[str, str]
+) -> None:
+    """The same rule for the other two flows that write the workspace: held here through the
+    flows' own lock, as a training run holds it."""
+    from flows.workspace import WorkspaceLock
+
+    holder = "training-pipeline (flow run 'held-by-the-test')"
+    commands = {
+        "continual-learning": ["python", "-m", "flows.continual", "--batch", str(tmp_path)],
+        "drift-monitor": ["python", "-m", "flows.monitor"],
+    }
+    with WorkspaceLock.acquire(repo, holder):
+        for flow, command in commands.items():
+            result = run(command, repo, check=False, env=server_env)
+            log = result.stdout + result.stderr
+            assert result.returncode == 75, log[-3000:]
+            errors = [line for line in log.splitlines() if "error:" in line]
+            assert len(errors) == 1, log[-3000:]
+            assert errors[0].endswith(
+                f"error: the workspace {repo} is held by {holder}; this {flow} run did nothing: "
+                "try again when that run has finished"
+            ), errors[0]
+            assert "Traceback" not in log
+    assert not (repo / "reports" / "monitor").exists()  # nothing touched
+    assert not list((repo / "data" / "batches").glob("*.dvc"))  # no data version made
+    with WorkspaceLock.acquire(repo, "test"):  # the refused runs left it free
+        pass
