@@ -55,8 +55,12 @@ PHOTOS ?= data/photo_patches
 photos: setup ## write a photo-like data set (14 classes of photo patches, from scikit-learn's sample photos) to $(PHOTOS)
 	@$(PYTHON) -m tasks.data.photos $(PHOTOS) --per-class 60
 
-report: setup ## bring the pipeline up to date and say where its HTML report is (reports/index.html)
-	@$(PYTHON) -m flows.repro report && echo "report: open $(abspath reports/index.html) in a browser (works offline)"
+report: setup ## bring the pipeline up to date and say where its HTML report is (reports/index.html); rebuilt when a drift check or continual decision is newer than the page
+	@$(PYTHON) -m flows.repro report && \
+	if [ -n "$$(find reports/monitor reports/continual -name '*.json' -newer reports/index.html 2>/dev/null)" ]; then \
+		echo "report: drift checks or continual decisions newer than the page: rebuilding it"; \
+		$(PYTHON) -m flows.repro --force --single-item report; \
+	fi && echo "report: open $(abspath reports/index.html) in a browser (works offline)"
 
 REMOTE ?=
 

@@ -16,7 +16,8 @@ section says what is missing and which stage writes it, and the stage's last lin
 incomplete sections.
 
 The drift monitor and continual learning write outside DVC, so a check or decision made after
-the page was built shows once it is rebuilt: ``dvc repro --force --single-item report``.
+the page was built shows once it is rebuilt: ``make report`` forces the report stage when one is
+newer than the page.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from tasks.reporting.inputs import (
 
 MONITOR = Writer("the drift monitor", "make monitor")
 CONTINUAL = Writer("continual learning", "python -m flows.continual --batch SOURCE")
-REBUILD = "dvc repro --force --single-item report"
+REBUILD = "make report"  # rebuilds the page when a check or decision is newer than it
 MAX_CHECKS = 10  # newest first; every check stays in reports/monitor/
 MAX_DECISIONS = 10
 # the monitor's plot sits beside its report: a plain file name, nothing that leaves the folder

@@ -786,7 +786,7 @@ def test_drift_checks_are_shown_newest_first_with_where_they_come_from(tmp_path:
     report = render_report(layout, FIXED)
     drift = section_bodies(report.html)["drift"]
     assert "Written by the drift monitor (<code>make monitor</code>)" in drift
-    assert "<code>dvc repro --force --single-item report</code>" in drift
+    assert "<code>make report</code>" in drift
     assert "3 checks in <code>reports/monitor/</code>, 1 with drift." in drift
     order = [drift.index(f"2025-03-0{day} 10:00 UTC") for day in (3, 2, 1)]
     assert order == sorted(order) and "state.json" not in drift
