@@ -14,14 +14,25 @@ something other than one batchable argument:
   (serve.max_batch_size images, serve.max_latency_ms: beyond it BentoML answers 503, which the
   front passes on). SIXFOLD_SERVE_BATCHING=off serves the same way without the dispatcher.
 
+Both follow the champion (`tasks.serving.following`): every SIXFOLD_RELOAD_S seconds (default
+2) the inference process looks for a newer `sixfold-classifier:latest` in the store, loads it
+and swaps; each row it returns carries the generation of the model that computed it, and the
+front takes up that model (classes, version, network) from the answer itself, so a request
+finishes on one model and is logged with its version. GET /model, and /metrics
+(`sixfold_model_info`, `sixfold_served_is_champion`), say which version is served and which is
+the registry's champion; /predict answers carry the version in the X-Sixfold-Model-Version
+header.
+
 Settings come from params.yaml's `serve` section and `data.min_size`/`data.max_pixels` (the
-validate stage's limits); SIXFOLD_MODEL_TAG serves another saved version than the latest,
-SIXFOLD_API_KEY turns on the key, SIXFOLD_LOG_DIR moves the prediction log.
+validate stage's limits); SIXFOLD_MODEL_TAG pins another saved version than the latest (not
+followed, as a served bento is not), SIXFOLD_API_KEY turns on the key, SIXFOLD_LOG_DIR moves
+the prediction log, SIXFOLD_RELOAD_S sets how often the store is looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from http import HTTPStatus
@@ -33,27 +44,53 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import Field
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tasks.compression.runtime import OnnxClassifier
 from tasks.core.config import load_params
 from tasks.core.errors import UserError
 from tasks.core.layout import Layout
+from tasks.registry.store import REGISTRY_FILE
+from tasks.serving.following import (
+    Adopter,
+    Holder,
+    Loaded,
+    StoreFollower,
+    first_generation,
+    keep_checking,
+    latest_saved_version,
+    model_log,
+    on_one_model,
+    with_generation,
+)
 from tasks.serving.guard import RequestGuard, api_key_from_environment, upload_errors
+from tasks.serving.loading import (
+    FrontModel,
+    follow_policy,
+    load_front,
+    load_front_version,
+    load_onnx,
+    load_onnx_version,
+    served_tag,
+)
 from tasks.serving.logbook import PredictionLog, log_folder, prediction_record
 from tasks.serving.metrics import serving_metrics
+from tasks.serving.model_status import ChampionWatch, ModelStatus, model_metrics
 from tasks.serving.predictions import (
     Predictions,
     joined_outputs,
     split_outputs,
     to_predictions,
 )
-from tasks.serving.store import ONNX_FILE, TAG_VARIABLE, model_tag, saved_model
-from tasks.serving.uploads import ImageRules, decode_images, receive_files
+from tasks.serving.store import DEFAULT_TAG, model_tag
+from tasks.serving.uploads import DecodedImage, decode_images, receive_files
 
 BATCHING_VARIABLE = "SIXFOLD_SERVE_BATCHING"
 OVERLOADED = {HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS}
+VERSION_HEADER = "X-Sixfold-Model-Version"  # on every /predict answer: the model that answered
 
 
 def batching_enabled() -> bool:
@@ -62,16 +99,6 @@ def batching_enabled() -> bool:
     if value not in {"on", "off"}:
         raise UserError(f"{BATCHING_VARIABLE} must be on or off, got {value!r}")
     return value == "on"
-
-
-def served_tag(service: bentoml.Service) -> str:
-    """The model to load: SIXFOLD_MODEL_TAG; else, when a bento is served, the version it was
-    built with (its `latest` would be the newest model in the store: maybe a later champion
-    than the one the package stage validated); else the latest saved."""
-    if os.environ.get(TAG_VARIABLE) or service.bento is None:
-        return model_tag()
-    built = next(info for info in service.bento.info.services if info.name == service.name)
-    return str(built.models[0].tag)
 
 
 class _Refusals(logging.Filter):
@@ -109,17 +136,35 @@ NEVER_RECYCLED = {"max_requests": 2**62, "max_age": 1e15}
 @bentoml.service(workers=1, runner_connection=NEVER_RECYCLED)
 class Inference:
     """The served ONNX model (int8 or fp32, preprocessing inside): uint8 images -> probabilities,
-    each row followed by the image's embedding when the file has that output (one array, so
-    BentoML's batching splits it as before; `tasks.serving.predictions.split_outputs`)."""
+    each row followed by the image's embedding when the file has that output and, last, the
+    generation of the model that computed it (one array, so BentoML's batching splits it as
+    before; `tasks.serving.predictions.split_outputs`, `tasks.serving.following`)."""
 
     model = bentoml.models.BentoModel(model_tag())  # declared: `bentoml build` records it
 
     def __init__(self) -> None:
-        # every core the process may use: a benchmark pinning the server with taskset gets
-        # one thread, not two spinning on one core
-        folder = Path(saved_model(served_tag(Inference)).path)
-        self.classifier = OnnxClassifier(folder / ONNX_FILE, threads=None)
+        self.policy = follow_policy(Inference)
+        version, session = load_onnx(served_tag(Inference))
+        self.models: Holder[OnnxClassifier] = Holder(version, session, first_generation())
+        self.follower = StoreFollower(
+            self.models, functools.partial(latest_saved_version, DEFAULT_TAG), load_onnx_version
+        )
+        self.watch: asyncio.Task[None] | None = None
         quiet_refusals()
+
+    @bentoml.on_startup
+    async def start_following(self) -> None:
+        model_log().info(
+            "sixfold: serving model %s; %s", self.models.current.version, self.policy.reason
+        )
+        if self.policy.follows:
+            checking = keep_checking(self.follower.check, self.policy.interval_s)
+            self.watch = asyncio.create_task(checking)
+
+    @bentoml.on_shutdown
+    def stop_following(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
 
     @bentoml.api(
         batchable=BATCHING,
@@ -127,7 +172,15 @@ class Inference:
         max_latency_ms=SERVE.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> np.ndarray:
-        return joined_outputs(*self.classifier.outputs(images))
+        served = self.models.current  # once: the whole batch runs on this model
+        assert served.generation is not None  # the inference process numbers every model
+        return with_generation(joined_outputs(*served.model.outputs(images)), served.generation)
+
+    @bentoml.api
+    def generations(self) -> dict[str, str]:
+        """Model generation (as text: JSON keys) -> version, of every model this process
+        installed; the highest is the one answering now."""
+        return {str(generation): version for generation, version in self.models.generations.items()}
 
 
 class ImageFiles(bentoml.IODescriptor):
@@ -175,20 +228,17 @@ class Classifier:
     def __init__(self) -> None:
         # torch only here: the inference process runs the ONNX file without it
         from tasks.explaining.grids import overlay_png
-        from tasks.modeling.artifact import load_model
 
-        saved = saved_model(served_tag(Classifier))
-        self.network, card = load_model(Path(saved.path))
-        self.preprocessing = card.preprocessing()
+        self.policy = follow_policy(Classifier)
+        version, front = load_front(served_tag(Classifier), PARAMS.data)
+        load = functools.partial(load_front_version, PARAMS.data)
+        self.models = Adopter(version, front, load, self.inference_generations)
+        self.champions = ChampionWatch(LAYOUT.registry_dir / REGISTRY_FILE)
+        self.status: ModelStatus | None = None
+        self.watch: asyncio.Task[None] | None = None
         self.overlay_png = overlay_png
-        self.classes, self.version = card.classes, str(saved.tag.version)
-        self.rules = ImageRules(
-            min_size=PARAMS.data.min_size,
-            max_pixels=PARAMS.data.max_pixels,
-            channels=card.channels,
-            pixels=self.preprocessing.pixels,
-        )
         self.metrics = serving_metrics()
+        self.model_metrics = model_metrics()
         worker = bentoml.server_context.worker_index or os.getpid()
         self.log = PredictionLog(
             log_folder(LAYOUT.root, SERVE.log_dir),
@@ -199,43 +249,119 @@ class Classifier:
         )
         quiet_refusals()
 
-    @bentoml.api(route="/predict", input_spec=ImageFiles, output_spec=Predictions)
-    async def predict(self, images: list[Path]) -> Predictions | JSONResponse:
-        """Classify 1..serve.max_images images; one prediction each, in upload order."""
-        decoded = await asyncio.to_thread(decode_images, images, self.rules)
+    async def inference_generations(self) -> dict[int, str]:
+        table = await self.inference.to_async.generations()
+        return {int(generation): str(version) for generation, version in table.items()}
+
+    def model_status(self) -> ModelStatus:
+        """The served version, the registry's champion and the follow policy, now."""
+        served = self.models.current.version
+        return ModelStatus(
+            served, self.champions.champion(), self.policy.follows, self.policy.reason
+        )
+
+    def show_status(self) -> ModelStatus:
+        """Refresh the model gauges at /metrics; the status shown."""
+        status = self.model_status()
+        self.model_metrics.show(status, self.status)
+        self.status = status
+        return status
+
+    async def look(self) -> None:
+        """The periodic look: take up the inference process's model even when no /predict
+        comes (for /explain, GET /model and /metrics), and re-read the champion. The inference
+        process is asked only while the store holds another model than the front's (a file
+        read otherwise: no internal request, nor access log line, every few seconds)."""
+        if self.policy.follows:
+            latest = await asyncio.to_thread(latest_saved_version, DEFAULT_TAG)
+            if latest is not None and latest != self.models.current.version:
+                await self.models.check()
+        self.show_status()
+
+    @bentoml.on_startup
+    async def start_following(self) -> None:
+        self.show_status()
+        model_log().info(
+            "sixfold: serving model %s; %s", self.models.current.version, self.policy.reason
+        )
+        # even a pinned model is looked at: its gauges must show a promotion it does not follow
+        self.watch = asyncio.create_task(keep_checking(self.look, self.policy.interval_s))
+
+    async def decode_and_classify(
+        self, images: list[Path], served: Loaded[FrontModel]
+    ) -> tuple[list[DecodedImage], np.ndarray]:
+        """Decode `images` for the front's model `served` and classify them: the decoded images
+        and the inference rows (with the generation that computed them)."""
+        decoded = await asyncio.to_thread(decode_images, images, served.model.rules)
         batch = np.stack([image.pixels for image in decoded])
+        return decoded, np.asarray(await self.inference.to_async.classify(batch))
+
+    @bentoml.api(route="/predict", input_spec=ImageFiles, output_spec=Predictions)
+    async def predict(self, images: list[Path], ctx: bentoml.Context) -> Predictions | JSONResponse:
+        """Classify 1..serve.max_images images; one prediction each, in upload order."""
         try:
-            outputs = await self.inference.to_async.classify(batch)
+            answered = await on_one_model(
+                self.models, functools.partial(self.decode_and_classify, images)
+            )
         except BentoMLException as error:
             if error.error_code not in OVERLOADED:
                 raise
             message = f"overloaded: try again later (serve.max_latency_ms = {SERVE.max_latency_ms})"
-            return JSONResponse({"error": message}, status_code=503)
-        probabilities, embeddings = split_outputs(np.asarray(outputs), self.classes)
-        served = to_predictions(probabilities, self.classes)
-        self.metrics.observe(served)
+            return unavailable(ctx, message)
+        if answered is None:
+            return unavailable(ctx, "the served model changed while the request ran: try again")
+        served, decoded, rows = answered
+        probabilities, embeddings = split_outputs(rows, served.model.classes)
+        predictions = to_predictions(probabilities, served.model.classes)
+        self.metrics.observe(predictions)
         per_image = [None] * len(decoded) if embeddings is None else list(embeddings)
         self.log.append(
-            prediction_record(image, prediction, self.version, embedding)
+            prediction_record(image, prediction, served.version, embedding)
             for image, prediction, embedding in zip(
-                decoded, served.predictions, per_image, strict=True
+                decoded, predictions.predictions, per_image, strict=True
             )
         )
-        return served
+        ctx.response.headers[VERSION_HEADER] = served.version
+        return predictions
 
     @bentoml.api(route="/explain", input_spec=ImageFile)
     def explain(
         self, image: Path, ctx: bentoml.Context
     ) -> Annotated[Path, ContentType("image/png")]:
         """The image beside its Integrated Gradients overlay for the predicted class (PNG)."""
-        (decoded,) = decode_images([image], self.rules)
+        served = self.models.current
+        (decoded,) = decode_images([image], served.model.rules)
         path = Path(ctx.temp_dir) / "explanation.png"
-        path.write_bytes(self.overlay_png(self.network, self.preprocessing, decoded.pixels))
+        overlay = self.overlay_png(served.model.network, served.model.preprocessing, decoded.pixels)
+        path.write_bytes(overlay)
+        ctx.response.headers[VERSION_HEADER] = served.version
         return path
+
+    @bentoml.on_shutdown
+    def stop_following(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
 
     @bentoml.on_shutdown
     def close_log(self) -> None:
         self.log.close()
+
+
+def unavailable(ctx: bentoml.Context, message: str) -> JSONResponse:
+    """A 503 with a JSON error. An api that takes `ctx` gets ctx's status on whatever it
+    returns (BentoML 1.4 sets it on a returned Response too): both say 503."""
+    ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    return JSONResponse({"error": message}, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+
+
+async def model_endpoint(request: Request) -> JSONResponse:
+    """GET /model: the served version, the registry's champion, whether the service follows it."""
+    service: Classifier = bentoml.get_current_service()
+    return JSONResponse(service.model_status().as_json())
+
+
+# GET, which a BentoML api (always POST) cannot be; mounted at the root, it matches /model only
+Classifier.mount_asgi_app(Starlette(routes=[Route("/model", model_endpoint)]), path="/")
 
 
 Classifier.add_asgi_middleware(

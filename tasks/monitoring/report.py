@@ -77,9 +77,11 @@ def build_report(
     """The report: ``{"records", "since", "until", "drift" (true, false, or null: no verdict),
     "status", "reason", "tests": [{"name", "drift", "threshold", "statistic" and "p_value" or
     "value", "samples": {"reference", "served"}, "note"?}], "model": {"champion", "records"
-    (of the champion), "versions" (records per model_version)}, "reference": {"train_images",
+    (of the champion), "versions" (records per model_version), "served" (the newest record's
+    model_version), "served_is_champion" (null without records)}, "reference": {"train_images",
     "test_images"}, "log": {"files", "unreadable_lines"}, "settings" (monitor.*), "plot"}``."""
     status = {True: "drift", False: "no drift", None: "no verdict"}[verdict.drift]
+    served = log.served_version
     return {
         "records": len(log.records),
         "since": log.since.isoformat() if log.since else None,
@@ -92,6 +94,8 @@ def build_report(
             "champion": model.champion,
             "records": log.versions.get(model.champion, 0),
             "versions": dict(sorted(log.versions.items())),
+            "served": served,
+            "served_is_champion": None if served is None else served == model.champion,
         },
         "reference": {"train_images": model.train_images, "test_images": model.test_images},
         "log": {"files": log.files, "unreadable_lines": log.unreadable},

@@ -6,6 +6,9 @@ Run with ``python -m tasks.monitoring.run`` in the repository; the Prefect flow
 verdict, so the flow itself never imports torch. Not a DVC stage: the log is not data DVC
 versions, and every check must see the records that arrived since the last one.
 
+A log whose newest record comes from another model than the champion makes the reason start
+with "served model is not the champion" (`tasks.monitoring.served.served_model_problem`).
+
 The records judged are those newer than --since, else than the newest record of the last check
 that reached a verdict (reports/monitor/state.json), else all of them. Fewer than
 `monitor.min_records` give no verdict and leave the state alone, so they count at the next
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +48,7 @@ from tasks.monitoring.report import (
     report_path,
     write_state,
 )
-from tasks.monitoring.served import parse_time, read_log, served_sample
+from tasks.monitoring.served import parse_time, read_log, served_model_problem, served_sample
 from tasks.registry.store import load_registry
 from tasks.serving.logbook import log_folder
 
@@ -92,6 +96,8 @@ def check_drift(
         model = ModelSummary(reference.champion, reference.train_images, reference.test_images)
     else:
         model = ModelSummary(load_registry(layout.registry_dir).champion or "", 0, 0)
+    if (problem := served_model_problem(log, model.champion)) is not None:
+        verdict = replace(verdict, reason=f"{problem}; {verdict.reason}")  # said first
     payload = build_report(verdict, log, model, config.model_dump(), plot)
     payload["created"] = now.isoformat(timespec="seconds")
     write_json(report, payload)

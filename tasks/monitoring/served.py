@@ -11,6 +11,10 @@ it; its label, confidence and embedding are the serving model's, so only the rec
 champion (`model_version` = its registry id) are compared with the champion's reference.
 The embedding (`EMBEDDING_FIELD`, the penultimate layer's activations, which the service logs
 when its ONNX file has the output) is optional: without it the MMD test is skipped.
+
+When the newest record comes from another model than the champion, the server is not serving
+the champion (pinned, a bento left running, or a new model that failed to load): the model
+tests then have few or no records to judge, and :func:`served_model_problem` says so first.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class ServedLog:
     def until(self) -> datetime | None:
         """The time of the newest record read (where the next check starts)."""
         return self.records[-1].time if self.records else None
+
+    @property
+    def served_version(self) -> str | None:
+        """The model_version of the newest record: the model the service answered with last."""
+        return self.records[-1].model_version if self.records else None
 
 
 def parse_time(text: str) -> datetime:
@@ -138,4 +147,20 @@ def served_sample(log: ServedLog, champion: str) -> Sample:
         labels=np.array([record.label for record in own], dtype=str),
         confidences=np.array([record.confidence for record in own], dtype=np.float64),
         embeddings=embeddings,
+    )
+
+
+def served_model_problem(log: ServedLog, champion: str) -> str | None:
+    """'served model is not the champion: ...' when the newest record comes from another model
+    than `champion` (the registry's); None when it is the champion's, or there is no record."""
+    served = log.served_version
+    if served is None or not champion or served == champion:
+        return None
+    own = log.versions.get(champion, 0)
+    return (
+        f"served model is not the champion: the newest record comes from model {served}, the "
+        f"champion is {champion} ({own} of {len(log.records)} record(s) are the champion's, "
+        "and only those are judged by the model tests); the server is pinned "
+        "(SIXFOLD_MODEL_TAG), serves an old bento, or could not load the champion: GET /model "
+        "on the server says which"
     )

@@ -11,6 +11,13 @@ SIGTERM, and whatever still carries the marker after a grace period gets SIGKILL
 
 The output of the server goes to a file rather than a pipe (a pipe nobody reads fills up and
 blocks the server); its last lines name the problem when the server does not come up.
+
+Every server started here gets a BentoML home of its own (:func:`private_bentoml_home`): the
+store's `models` and `bentos` folders, linked, beside its own state. BentoML keeps a server's
+Prometheus files in `$BENTOML_HOME/prometheus_multiproc_dir` and empties that folder when a
+server starts (`bentoml.serving.ensure_prometheus_dir`, whatever PROMETHEUS_MULTIPROC_DIR
+says), so a validation server started in the project's home wiped the files of the live
+`make serve`: its /metrics then showed the dead validation server's counts, frozen.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from tasks.core.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 MARKER_VARIABLE = "SIXFOLD_SERVER_RUN"  # in the environment of every process of one server
+HOME_VARIABLE = "BENTOML_HOME"
+SHARED_STORES = ("models", "bentos")  # what a private home links to; the rest is its own
 # Measured on the 2-core machine: `bentoml serve` of the digits bento answers /readyz after about
 # 8 s when idle and 25 s while other processes hold the cores; 180 s leaves room for a loaded CI.
 STARTUP_TIMEOUT_S = 180.0
@@ -176,6 +185,21 @@ def wait_ready(server: Server, probe: str, timeout: float) -> None:
     )
 
 
+def private_bentoml_home(environment: Mapping[str, str], folder: Path) -> dict[str, str]:
+    """`environment` with BENTOML_HOME moved to `folder`/bentoml: a home whose `models` and
+    `bentos` are links to the stores of the home `environment` names (BentoML's default,
+    ~/bentoml, when none), so the server finds every model and bento there, while the state
+    BentoML keeps per server (the Prometheus files, wiped at each start) stays its own. A store
+    the shared home does not have is not made there (BentoML makes an empty one in `folder`)."""
+    shared = Path(environment.get(HOME_VARIABLE) or Path.home() / "bentoml").expanduser()
+    home = folder / "bentoml"
+    home.mkdir()
+    for store in SHARED_STORES:
+        if (shared / store).is_dir():
+            (home / store).symlink_to((shared / store).resolve(), target_is_directory=True)
+    return {**environment, HOME_VARIABLE: str(home)}
+
+
 @contextmanager
 def running(
     command: Sequence[str],
@@ -185,12 +209,19 @@ def running(
     probe: str = "/readyz",
     timeout: float = STARTUP_TIMEOUT_S,
     grace: float = STOP_GRACE_S,
+    private_home: bool = True,
 ) -> Iterator[Server]:
     """Start `command` (a server listening on 127.0.0.1:`port`), wait for `probe`, yield it,
-    and stop it with every process it started when the block ends, however it ends."""
+    and stop it with every process it started when the block ends, however it ends.
+
+    `private_home`: the server gets a BentoML home of its own (:func:`private_bentoml_home`);
+    False only for a server that stands for the live one (`make serve`, in the project's home).
+    """
     marker = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="sixfold-server-") as folder:
         log = Path(folder) / "server.log"
+        if private_home:
+            environment = private_bentoml_home(environment, Path(folder))
         with open(log, "wb") as output:
             process = subprocess.Popen(
                 list(command),
