@@ -87,10 +87,10 @@ prefect-server: setup ## start a local Prefect server (UI and API on 127.0.0.1:4
 	@echo "prefect-server: then, in another terminal: make deploy PREFECT_PORT=$(PREFECT_PORT) (or export PREFECT_API_URL=$(PREFECT_URL)/api)"
 	@PREFECT_HOME="$(PREFECT_HOME)" PREFECT_API_URL= PREFECT_UI_API_URL=$(PREFECT_URL)/api PREFECT_UI_URL=$(PREFECT_URL) \
 		PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
-		$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+		exec $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 deploy: setup ## deploy prefect.yaml (training weekly, drift monitor hourly, continual learning) to make prefect-server's server (or PREFECT_API_URL's) and run a worker; Ctrl-C or SIGTERM stops it within 30 s
-	@PREFECT_HOME="$(PREFECT_HOME)" PREFECT_API_URL="$${PREFECT_API_URL:-$(PREFECT_URL)/api}" $(PYTHON) -m flows.deploy
+	@PREFECT_HOME="$(PREFECT_HOME)" PREFECT_API_URL="$${PREFECT_API_URL:-$(PREFECT_URL)/api}" exec $(PYTHON) -m flows.deploy
 
 monitor: setup ## one drift check of the served model's prediction log (reports/monitor/<time>.json)
 	@$(PYTHON) -m flows.monitor

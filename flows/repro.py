@@ -15,11 +15,8 @@ in this module's last line and in make's ``Error <code>`` line. Torch-free.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import subprocess
 import sys
-from datetime import UTC, datetime
 
 from flows.stages import (
     DvcOutput,
@@ -30,7 +27,7 @@ from flows.stages import (
     python_command,
     stream,
 )
-from flows.workspace import WorkspaceBusy, WorkspaceLock
+from flows.workspace import WorkspaceBusy, WorkspaceLock, describe_holder, refusal
 from tasks.core.io import read_json
 from tasks.core.layout import Layout
 from tasks.core.runner import EX_INTERRUPTED, EX_TEMPFAIL
@@ -69,12 +66,10 @@ def repro(arguments: list[str]) -> int:
     Prefect flow run or another `make run` in this checkout makes this one fail at once, exit
     75, before it touches anything); returns the exit code."""
     layout = Layout.discover()
-    since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    holder = f"make run (pid {os.getpid()} on {socket.gethostname()}, since {since})"
     try:
-        lock = WorkspaceLock.acquire(layout.root, holder)
+        lock = WorkspaceLock.acquire(layout.root, describe_holder("make run"))
     except WorkspaceBusy as busy:
-        print(f"error: {busy}; make run did nothing: try again when that run has finished")
+        print(f"error: {refusal(busy, 'make run')}")
         return _say_failure(StageFailure("workspace", EX_TEMPFAIL, "the workspace lock"))
     with lock:
         return _repro(layout, arguments)

@@ -89,12 +89,27 @@ def _send(processes: Iterable[psutil.Process], action: Callable[[psutil.Process]
             action(process)
 
 
-def _is_final(run_id: str) -> bool:
-    """Whether the server shows the flow run in a final state (False when it cannot say)."""
-    from prefect import get_client
+# A look at the server must not hold up a stop: Prefect's client waits 60 s per try and retries
+# five times; a signal is noticed only when the look returns.
+QUICK_CLIENT = {"request_timeout_s": 5.0, "max_retries": 0}
 
+
+def _is_final(run_id: str) -> bool:
+    """Whether the server shows the flow run in a final state (False when it cannot say within
+    a few seconds)."""
+    from prefect import get_client
+    from prefect.settings import (
+        PREFECT_API_REQUEST_TIMEOUT,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
+
+    quick = {
+        PREFECT_API_REQUEST_TIMEOUT: QUICK_CLIENT["request_timeout_s"],
+        PREFECT_CLIENT_MAX_RETRIES: QUICK_CLIENT["max_retries"],
+    }
     try:
-        with get_client(sync_client=True) as client:
+        with temporary_settings(quick), get_client(sync_client=True) as client:
             state = client.read_flow_run(UUID(run_id)).state
     except (httpx.HTTPError, PrefectException):
         return False
@@ -201,7 +216,8 @@ def run_worker(
             how = f"exited by itself (exit code {worker.returncode})"
             said = f"deploy: the worker {how}"
         print(f"{said}; flow runs in progress: {_record(runs, how)}", flush=True)
-        return 0 if received else worker.returncode
+        code = worker.returncode  # negative: killed by a signal, which a shell shows as 128+N
+        return 0 if received else (128 - code if code < 0 else code)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

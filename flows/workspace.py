@@ -87,22 +87,34 @@ class WorkspaceLock:
             named = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip()
             os.close(descriptor)
             raise WorkspaceBusy(path.parent.parent, named or UNKNOWN_HOLDER) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{holder}\n".encode(), 0)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{holder}\n".encode(), 0)
+        except OSError:
+            os.close(descriptor)  # closing gives the lock back: a failed write holds nothing
+            raise
         return cls(descriptor)
 
     def release(self) -> None:
         """Give the workspace back (closing the descriptor releases the lock); idempotent."""
         if self._descriptor is not None:
-            os.ftruncate(self._descriptor, 0)
-            os.close(self._descriptor)
-            self._descriptor = None
+            descriptor, self._descriptor = self._descriptor, None
+            try:
+                os.ftruncate(descriptor, 0)
+            finally:
+                os.close(descriptor)
 
     def __enter__(self) -> WorkspaceLock:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def refusal(busy: WorkspaceBusy, refused: str) -> str:
+    """The one line a refused run prints (after ``error: ``): who holds the workspace, and that
+    `refused` (``this drift-monitor run``, ``make run``) did nothing."""
+    return f"{busy}; {refused} did nothing: try again when that run has finished"
 
 
 def holding_workspace(root: str | Path, flow: str, work: Callable[[], Result]) -> Result | State:
@@ -114,7 +126,7 @@ def holding_workspace(root: str | Path, flow: str, work: Callable[[], Result]) -
     try:
         lock = WorkspaceLock.acquire(Path(root), describe_holder(flow))
     except WorkspaceBusy as busy:
-        message = f"{busy}; this {flow} run did nothing: try again when that run has finished"
+        message = refusal(busy, f"this {flow} run")
         print(f"error: {message}")
         return Failed(message=message, data=StageFailure(flow, EX_TEMPFAIL, "the workspace lock"))
     with lock:

@@ -139,8 +139,8 @@ class Holder(Generic[M]):
         if generation is None and self._current.generation is not None:
             generation = self._current.generation + 1
         loaded = Loaded(version, generation, model)
-        if generation is not None:
-            self.generations[generation] = version
+        if generation is not None:  # a new table, not an insert: readers iterate the old one
+            self.generations = {**self.generations, generation: version}
         self._current = loaded
         return loaded
 

@@ -71,7 +71,6 @@ class ModelStatus:
 @dataclass(frozen=True)
 class ModelMetrics:
     info: Any  # prometheus_client.Gauge, labels served and champion
-    is_champion: Any  # prometheus_client.Gauge
 
     def show(self, status: ModelStatus, before: ModelStatus | None) -> None:
         """Point the gauges at `status`; the pair shown `before` goes to 0 (a multiprocess
@@ -83,7 +82,7 @@ class ModelMetrics:
             self.info.labels(**_labels(before)).set(0)
         self.info.labels(**_labels(status)).set(1)
         if status.served_is_champion is not None:
-            self.is_champion.set(1 if status.served_is_champion else 0)
+            champion_gauge().set(1 if status.served_is_champion else 0)
 
 
 def _labels(status: ModelStatus) -> dict[str, str]:
@@ -105,9 +104,19 @@ def model_metrics() -> ModelMetrics:
             ["served", "champion"],
             multiprocess_mode="livemax",
         ),
-        is_champion=prometheus_client.Gauge(
-            "sixfold_served_is_champion",
-            "1 when the served model is the registry's champion, 0 when it is not",
-            multiprocess_mode="livemax",
-        ),
+    )
+
+
+@functools.cache
+def champion_gauge() -> Any:
+    """`sixfold_served_is_champion`, made only once there is a champion to compare with: a
+    multiprocess gauge exports 0 from the moment it exists, and a served bento with no registry
+    beside it would then read "not the champion" where GET /model says null."""
+    import prometheus_client
+
+    return prometheus_client.Gauge(
+        "sixfold_served_is_champion",
+        "1 when the served model is the registry's champion, 0 when it is not (absent: no "
+        "registry beside the service)",
+        multiprocess_mode="livemax",
     )

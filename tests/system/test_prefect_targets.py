@@ -75,13 +75,18 @@ def test_make_prefect_server_on_another_port_gives_its_ui_that_port(tmp_path: Pa
             env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # make and the server it execs: one group, stopped whole
         )
         try:
             settings = _ui_settings(port, server)
             assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
     assert (tmp_path / "home" / "prefect.db").exists()  # its database in the home it was given
     assert f"Prefect home {tmp_path / 'home'}" in log.read_text()
 
