@@ -213,6 +213,7 @@ class Adopter(Generic[M]):
         self._load = load
         self._generations = generations
         self._kept: dict[str, M] = {version: model}
+        self._broken: dict[str, str] = {}  # version -> why the front could not load it
         self._lock = asyncio.Lock()
 
     @property
@@ -223,7 +224,9 @@ class Adopter(Generic[M]):
         """The front's model for `generation`, installed as current (loaded unless kept).
 
         Raises:
-            ModelChanged: the inference process does not know `generation` (it restarted).
+            ModelChanged: the inference process does not know `generation` (it restarted), or
+                the front's part of its model could not be loaded (a request gets 503, never
+                a 500; the failure is logged once and not retried).
         """
         async with self._lock:  # concurrent requests that saw the swap load the model once
             current = self.holder.current
@@ -233,9 +236,18 @@ class Adopter(Generic[M]):
             if generation not in table:
                 raise ModelChanged(f"the inference process knows no model generation {generation}")
             version = table[generation]
+            if version in self._broken:
+                raise ModelChanged(self._broken[version])
             model = self._kept.get(version)
             if model is None:
-                model = await asyncio.to_thread(self._load, version)
+                try:
+                    model = await asyncio.to_thread(self._load, version)
+                except Exception as error:  # a corrupt card or weights: refuse, do not crash
+                    self._broken[version] = (
+                        f"the front could not load model {version}: {type(error).__name__}: {error}"
+                    )
+                    logger.error("sixfold: %s", self._broken[version])
+                    raise ModelChanged(self._broken[version]) from error
                 logger.info("sixfold: the front now reads model %s", version)
             self._kept = {version: model, current.version: current.model}  # KEPT_MODELS
             return self.holder.install(version, model, generation)

@@ -181,6 +181,31 @@ def test_the_front_takes_up_the_model_that_answered_loading_it_once() -> None:
     asyncio.run(scenario())
 
 
+def test_a_front_model_that_fails_to_load_is_refused_once_and_the_old_one_answers() -> None:
+    """A new version whose card or weights the front cannot load: the request gets None (503
+    in the service, never a 500), the load is not tried again, the old model stays current."""
+    inference = Inference({7: "v1", 8: "v2"})
+    loads: list[str] = []
+
+    def load(version: str) -> str:
+        loads.append(version)
+        raise OSError(f"{version}: model.safetensors is truncated")
+
+    adopter = Adopter("v1", "front-v1", load, inference.generations)
+
+    async def attempt(served):
+        return "pixels", with_generation(np.ones((1, 3)), 8)  # answered by v2
+
+    async def scenario() -> None:
+        await adopter.adopt(7)
+        with pytest.raises(ModelChanged, match="could not load model v2: OSError"):
+            await adopter.adopt(8)
+        assert await on_one_model(adopter, attempt) is None
+        assert loads == ["v2"] and adopter.current.version == "v1"
+
+    asyncio.run(scenario())
+
+
 def test_a_request_caught_in_a_swap_runs_again_on_the_new_model() -> None:
     """The inference process swapped between the front's decoding and its answer: the rows
     came from v2, so the request is decoded for v2 and run again; the answer is v2's."""
