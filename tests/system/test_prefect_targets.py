@@ -9,6 +9,7 @@ that waits: a run that lasts, without any training.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,9 +119,19 @@ def deploy_process(waiting_repo: Path, prefect_server: str) -> Iterator[subproce
             pause_schedules(prefect_server)
             yield deploy
         finally:
-            if deploy.poll() is None:
-                deploy.kill()
-                deploy.wait(timeout=30)
+            if deploy.poll() is None:  # the test left it running: stopped the way it documents
+                started: list[psutil.Process] = []
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    started = psutil.Process(deploy.pid).children(recursive=True)
+                deploy.terminate()
+                try:
+                    deploy.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    deploy.kill()
+                    deploy.wait(timeout=30)
+                for survivor in started:  # the worker runs in a session of its own
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        survivor.kill()
 
 
 def _run_processes(run_id: str) -> list[psutil.Process]:
