@@ -48,12 +48,13 @@ usage: python -m flows.continual [-h] [--batch SOURCE] [--force]
 
 Learn from a new labelled batch, once, as a Prefect flow (continual-learning): ingest and
 validate it, make it a DVC-versioned data version with its own test part, fine-tune the champion
-on it plus a replay sample of the old train split, and promote the challenger only if it is
-better on the batch's test part and loses at most continual.max_forgetting on the old test split
-(python -m tasks.continual.run in a child process). A promoted challenger is packaged and
-validated as a bento. Writes data/batches/<version>/ (+ .dvc), the registry and
-reports/continual/<version>.json with a plot; the last line is the decision. Holds the
-workspace meanwhile (.sixfold/workspace.lock), as the training pipeline does.
+on it plus a replay sample of the old train split (no registered test image), and promote the
+challenger only if the promotion gate's rule shows it better on the batch's test part and not
+worse by gate.max_regression on the old test set (python -m tasks.continual.run in a child
+process). A promoted challenger is packaged and validated as a bento. Writes
+data/batches/<version>/ (+ .dvc), the registry and reports/continual/<version>.json with a
+plot; the last line is the decision. Holds the workspace meanwhile (.sixfold/workspace.lock),
+as the training pipeline does.
 
 options:
   -h, --help        show this message and exit (nothing is run)
@@ -64,7 +65,9 @@ options:
 exit codes: 0 done, whatever the decision (or no batch configured); 1 a data or file problem
 (nothing usable in the batch, no champion yet, not a DVC repository); 2 a mistake in params.yaml
 or in the arguments; 75 another run (training, continual learning, a drift check) holds the
-workspace: one line names it, nothing was touched, try again later.
+workspace: one line names it, nothing was touched, try again later; also 75 (after two retries)
+when the champion changed while the challenger was fine-tuned: it is recorded as rejected,
+never promoted over a model it was not compared with, and a rerun learns from the new champion.
 
 environment:
   PREFECT_API_URL  a Prefect server to record the run in; without it Prefect starts a temporary

@@ -4,19 +4,26 @@ Runs as a Prefect flow (`drift-demo`) whose subflows are the real `drift-monitor
 `continual-learning`, in a scratch copy of the repository (the workspace's champion, registry
 and data stay as they are; ``--keep`` keeps the copy to look at):
 
-1. the simulator (`tasks.monitoring.simulate`) writes a clean batch (the test split, unchanged)
-   and a drifted labelled batch (the train and validation images, inverted by default);
-2. the champion is served (`bentoml serve`, the packaged model) and gets the clean images as
+1. the simulator (`tasks.monitoring.simulate`) writes clean traffic (the validation split,
+   unchanged: held out from training and from the monitor's reference, the champion's test
+   images), a clean copy of the test split (to measure accuracy on) and a drifted labelled
+   batch (the train and validation images, inverted by default);
+2. the champion is served (`bentoml serve`, the packaged model) and gets the clean traffic as
    requests; the monitor checks the prediction log: no drift expected;
-3. it gets a seeded sample of the drifted images; the monitor checks again: drift expected;
+3. it gets a seeded sample of the drifted images in `monitor.consecutive` rounds (the shipped
+   setting, 2), the monitor checking after each: drift expected each time, and continual
+   learning due at the last (the monitor starts it only after that many drift verdicts in a
+   row; the demo stops with one line if it is not due);
 4. continual learning takes the drifted batch as a new labelled data version, fine-tunes the
    champion with replay, and promotes the challenger only through its gate;
 5. the old champion (still served) and the new one (served afterwards) answer the old test
-   split and the batch's own test part over HTTP: the accuracies are what a client got.
+   split and the batch's own test part over HTTP: the accuracies are what a client got (the
+   test split is sent after the last check, so the monitor never judges its own reference).
 
-Writes reports/drift_demo.json (``drift_on_drifted``, ``drift_on_clean``, ``promoted``,
-``drifted_acc_before/after``, ``old_acc_before/after`` as fractions, plus details) and
-reports/drift_demo.png in the workspace. Needs a champion: run ``make run`` first (``make
+Writes reports/drift_demo.json (``drift_on_drifted``: every drifted check found drift,
+``drift_on_clean``, ``continual_due``, ``promoted``, ``drifted_acc_before/after``,
+``old_acc_before/after`` as fractions, plus details) and reports/drift_demo.png in the
+workspace. Needs a champion: run ``make run`` first (``make
 drift-demo`` does). Flows know no tensors: images travel as PNG files and HTTP requests.
 """
 
@@ -62,7 +69,7 @@ reports/drift_demo.json and reports/drift_demo.png; the workspace's registry is 
 options:
   -h, --help     show this message and exit (nothing is run)
   --kind KIND    the drift: invert (default), rotate, thicken, noise
-  --requests N   drifted images sent before the second check (default 300)
+  --requests N   drifted images sent, over monitor.consecutive checks (default 300)
   --keep         keep the scratch copy and say where it is
 
 exit codes: 0 the demo ran (its verdicts are in the report); 1 no champion yet (make run) or a
@@ -98,6 +105,12 @@ def simulate(repo: Path, kind: str, splits: str, out: Path) -> Path:
     command = python_command("-m", "tasks.monitoring.simulate", "--kind", kind)
     subprocess.run([*command, "--splits", splits, "--out", str(out)], cwd=repo, check=True)
     return out
+
+
+def latest_continual(repo: Path) -> bool:
+    """Whether the newest drift check in `repo` said continual learning is due."""
+    reports = sorted((repo / "reports" / "monitor").glob("*Z.json"))
+    return bool(reports) and json.loads(reports[-1].read_text())["continual"]["start"] is True
 
 
 def labelled_files(folder: Path) -> list[tuple[Path, str]]:
@@ -176,20 +189,39 @@ def drift_demo(
     champion = load_registry(layout.registry_dir).champion
     if champion is None:
         raise SystemExit(f"error: {shown(layout.registry_dir)} has no champion; run make run first")
+    per_check = requests // params.monitor.consecutive
+    if per_check < params.monitor.min_records:
+        raise SystemExit(
+            f"error: --requests {requests} over monitor.consecutive = "
+            f"{params.monitor.consecutive} checks is {per_check} per check, fewer than "
+            f"monitor.min_records = {params.monitor.min_records}: the checks could not decide"
+        )
     scratch = Path(tempfile.mkdtemp(prefix="sixfold-drift-demo-"))
     try:
         work = scratch_copy(root, scratch / "repo")
-        clean = simulate(work, "none", "test", scratch / "clean")
+        traffic = labelled_files(simulate(work, "none", "val", scratch / "clean-traffic"))
+        old_test = labelled_files(simulate(work, "none", "test", scratch / "clean"))
         drifted = simulate(work, kind, "train,val", scratch / "drifted")
-        old_test = labelled_files(clean)
         rng = np.random.default_rng(params.seed)
         drifted_files = labelled_files(drifted)
-        sent = [drifted_files[i] for i in sorted(rng.permutation(len(drifted_files))[:requests])]
+        # in the permutation's order, not by class: each round of checks sees every class
+        sent = [drifted_files[i] for i in rng.permutation(len(drifted_files))[:requests]]
+        rounds = params.monitor.consecutive
         with serving(work, champion) as url:
-            old_before = served_accuracy(url, old_test)
+            served_accuracy(url, traffic)
             on_clean = checked(drift_monitor(str(work), return_state=True), "drift check 1")
-            drifted_sent = served_accuracy(url, sent)
-            on_drifted = checked(drift_monitor(str(work), return_state=True), "drift check 2")
+            on_drifted, drifted_sent = [], 0.0
+            for number, part in enumerate(np.array_split(np.arange(len(sent)), rounds), 2):
+                drifted_sent += served_accuracy(url, [sent[i] for i in part]) * len(part)
+                state = drift_monitor(str(work), return_state=True)
+                on_drifted.append(checked(state, f"drift check {number}"))
+            due = latest_continual(work)
+            if not due:
+                raise SystemExit(
+                    f"error: continual learning is not due after {rounds} drifted check(s) "
+                    f"(verdicts {on_drifted}); see {shown(work / 'reports' / 'monitor')}"
+                )
+            old_before = served_accuracy(url, old_test)  # after the last check: never judged
             learning = continual_learning(str(drifted), str(work), return_state=True)
             learnt = checked(learning, "continual learning")
             new_test = test_part_files(work, learnt["version"])
@@ -199,8 +231,11 @@ def drift_demo(
             old_after = served_accuracy(url, old_test)
             drifted_after = served_accuracy(url, new_test)
         result = {
-            "drift_on_drifted": on_drifted is True,
+            "drift_on_drifted": all(verdict is True for verdict in on_drifted),
             "drift_on_clean": on_clean is True,
+            "drifted_checks": on_drifted,
+            "consecutive": rounds,
+            "continual_due": due,
             "promoted": bool(learnt["promoted"]),
             "drifted_acc_before": round(drifted_before, 4),
             "drifted_acc_after": round(drifted_after, 4),
@@ -211,11 +246,12 @@ def drift_demo(
             "served_after": served_after,
             "batch_version": learnt["version"],
             "images": {
+                "clean_requests": len(traffic),
                 "old_test": len(old_test),
                 "drifted_requests": len(sent),
                 "drifted_test_part": len(new_test),
             },
-            "served_acc_on_drifted_requests": round(drifted_sent, 4),
+            "served_acc_on_drifted_requests": round(drifted_sent / len(sent), 4),
             "offline": {"old_test": learnt["old_test"], "new_test": learnt["new_test"]},
         }
         target = layout.reports_dir / "drift_demo.json"

@@ -10,9 +10,12 @@ few records since the last check to tell).
 
 Continual learning is not started here unless asked: `on_drift` names a deployment (e.g.
 ``continual-learning/continual-learning``) that is started, without its parameters and without
-waiting for it, through `prefect.deployments.run_deployment` when drift is found. The check runs
-holding the workspace (`flows.workspace`: it writes the monitor's state), which is given back
-before continual learning is started, so that run can take it.
+waiting for it, through `prefect.deployments.run_deployment` once `monitor.consecutive` drift
+verdicts came in a row (the report's ``"continual": {"start": true}``, counted in
+reports/monitor/state.json by `tasks.monitoring.state`): one drift verdict alone, which clean
+traffic gives in at most `monitor.false_alarm_rate` of the checks, starts nothing. The check
+runs holding the workspace (`flows.workspace`: it writes the monitor's state), which is given
+back before continual learning is started, so that run can take it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ than monitor.min_records).
 options:
   -h, --help               show this message and exit (nothing is run)
   --since TIME             judge the records newer than TIME (ISO 8601) instead
-  --on-drift DEPLOYMENT    start this Prefect deployment when drift is found
+  --on-drift DEPLOYMENT    start this Prefect deployment after monitor.consecutive drift
+                           verdicts in a row
 
 exit codes: 0 a check was made, whatever its verdict; 1 a missing input (no champion yet: run
 the pipeline); 2 a mistake in params.yaml or in the arguments; 75 another run (training,
@@ -95,27 +99,33 @@ def drift_monitor(
         repo: the repository (its prediction log, registry and reports).
         since: judge the records newer than this ISO 8601 time instead of those since the last
             check.
-        on_drift: the deployment to start when drift is found (continual learning); None: only
-            report.
+        on_drift: the deployment to start after `monitor.consecutive` drift verdicts in a row
+            (continual learning); None: only report.
     """
     root = Path(repo).resolve()
     checked = holding_workspace(root, "drift-monitor", lambda: _check(root, since))
     if isinstance(checked, State):
         return checked
-    if checked and on_drift:  # the workspace is free again: the run started can take it
+    due = bool(checked["continual"]["start"])
+    if due and on_drift:  # the workspace is free again: the run started can take it
         start_deployment(on_drift)
-    return checked
+    elif due:
+        print("drift-monitor: continual learning is due, but no --on-drift deployment is named")
+    return checked["drift"]
 
 
-def _check(root: Path, since: str | None) -> bool | State | None:
-    """The check itself, run while the flow holds the workspace: its verdict or a Failed state."""
+def _check(root: Path, since: str | None) -> dict[str, Any] | State:
+    """The check itself, run while the flow holds the workspace: its report or a Failed state."""
     report = report_path(Layout.discover(root).reports_dir, datetime.now(UTC))
     state = run_check(str(root), str(report), since, return_state=True)
     if state.is_failed():
         return reported_failure(state, "drift-monitor")
     payload = state.result()
+    for warning in payload.get("warnings", []):
+        get_run_logger().warning("drift-monitor: %s", warning)
     print(f"drift-monitor: {payload['reason']}; report {shown(report)}")
-    return payload["drift"]
+    print(f"drift-monitor: {payload['continual']['message']}")
+    return payload
 
 
 FLAGS = ("--since", "--on-drift")

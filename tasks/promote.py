@@ -11,6 +11,11 @@ result, not a failure: the stage exits 0. A candidate that is already the champi
 nothing. A candidate judged before (rejected, or a retired champion) is judged again: the params,
 the data or the champion may have changed since; the registry records the new decision only
 when it differs from the recorded one, so a rerun on the same inputs changes no byte.
+
+The stage holds the registry lock (`tasks.registry.lock`) from reading the champion to saving
+the decision: a continual-learning run cannot change the champion in between. Killed at any
+moment, it leaves the old registry or the new one (`tasks.registry.store` says how); run it
+again, and `python -m tasks.registry --verify` names anything the killed run left behind.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from tasks.registry.gate import (
     same_inputs_rule,
     unseen,
 )
+from tasks.registry.lock import registry_lock
 from tasks.registry.store import (
     CARD,
     SERVED_FILES,
@@ -57,6 +63,7 @@ from tasks.registry.store import (
     load_registry,
     load_test_set,
     now,
+    pipeline_test_set,
     record_decision,
     save_registry,
     store_files,
@@ -136,15 +143,23 @@ def against_champion(
         correct_predictions(champion_network, champion_card, images, labels),
         current.entry.id,
         params.gate,
-        params.seed,
         left_out=int((~keep).sum()),
     )
 
 
 def promote(params: Params, layout: Layout | None = None) -> GateReport:
-    """Judge models/ against the registry's champion; update the registry; write gate.json."""
+    """Judge models/ against the registry's champion; update the registry; write gate.json.
+
+    The registry lock is held from reading the champion to saving the decision, so the
+    candidate is always judged against the champion it replaces (`tasks.registry.lock`)."""
     layout = layout or Layout.discover()
     reported = read_reports(layout)
+    with registry_lock(layout.registry_dir, "promote"):
+        return judge_and_record(params, layout, reported)
+
+
+def judge_and_record(params: Params, layout: Layout, reported: Reported) -> GateReport:
+    """The read-decide-write of :func:`promote`; call it holding the registry lock."""
     registry_dir = layout.registry_dir
     registry = load_registry(registry_dir)
     current = champion(registry_dir) if registry.champion else None  # its checksums checked
@@ -188,6 +203,7 @@ def promote(params: Params, layout: Layout | None = None) -> GateReport:
             baseline=reported.baseline,
             data_version=data_version(layout.packed_dir),
             test_images=len(correct),
+            test_set=pipeline_test_set(data_version(layout.packed_dir)),
             params_hash=card.params_fingerprint,
             parent=registry.champion,
             status="rejected",

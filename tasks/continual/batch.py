@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,9 @@ def leakage(
 def dvc_add(root: Path, folder: Path) -> Path:
     """`dvc add` the version folder; the .dvc file the user commits."""
     executable = Path(sys.executable).with_name("dvc")
-    command = [str(executable) if executable.exists() else "dvc", "add", "--quiet", str(folder)]
+    # --wait-for-lock: two continual runs at once take turns at DVC's repository lock
+    dvc = str(executable) if executable.exists() else "dvc"
+    command = [dvc, "--wait-for-lock", "add", "--quiet", str(folder)]
     result = subprocess.run(command, cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
@@ -192,10 +195,11 @@ def existing_batch(layout: Layout, version: str) -> Batch | None:
 
 
 def ingest_batch(source: str, params: Params, layout: Layout) -> tuple[Path, pd.DataFrame]:
-    """Copy the batch into a staging folder under data/batches; the folder and its manifest."""
-    staging = batches_dir(layout) / ".staging"
-    if staging.exists():
-        shutil.rmtree(staging)
+    """Copy the batch into a staging folder under data/batches; the folder and its manifest.
+
+    The folder's name is unique (``.staging-<random>``): two runs at once never share one."""
+    batches_dir(layout).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=batches_dir(layout)))
     try:
         manifest = ingest(source, dict(params.data.storage_options), staging / "raw")
     except BaseException:  # a source that cannot be read leaves nothing behind

@@ -4,9 +4,10 @@ The challenger starts from the champion's weights and keeps its architecture, cl
 preprocessing (the card's normalization: one preprocessing for every model of the registry). It
 is trained by the same Lightning module and trainer as the train stage (`tasks.modeling`), with
 online augmentation as `augment.*` says, for `continual.epochs` epochs at `continual.lr`, on the
-batch's train part plus a seeded replay sample of the old train split: training on the new
-images alone would let the network forget the old task (catastrophic forgetting), and replaying
-old images is the simplest remedy that keeps the data path as it is. The old validation split is
+batch's train part plus a seeded replay sample of the old train split (without any image of a
+registered test set: `tasks.continual.replay`): training on the new images alone would let the
+network forget the old task (catastrophic forgetting), and replaying old images is the simplest
+remedy that keeps the data path as it is. The old validation split is
 its validation data (logged only: the epochs are fixed, and the batch's test part is never
 looked at during training). Seeded: on a CPU a rerun gives the same weights.
 """
@@ -23,7 +24,6 @@ from torch import nn
 from tasks.core.config import Params, with_overrides
 from tasks.core.fingerprint import fingerprint
 from tasks.data.packed import Arrays, Split
-from tasks.evaluation.metrics import PairedDifference, paired_bootstrap
 from tasks.modeling.artifact import ModelCard
 from tasks.modeling.batches import PackedDataModule
 from tasks.modeling.callbacks import History
@@ -99,37 +99,32 @@ def fine_tune(
 
 @dataclass(frozen=True)
 class Comparison:
-    """Challenger and champion on one test set: accuracies and the paired bootstrap of
-    accuracy(challenger) - accuracy(champion)."""
+    """Challenger and champion on one test set: accuracies and the per-image verdicts that the
+    paired rule (`tasks.continual.decision`) compares."""
 
     images: int
     champion: float
     challenger: float
-    difference: PairedDifference
     correct_challenger: np.ndarray
+    correct_champion: np.ndarray
 
     def as_dict(self) -> dict[str, Any]:
+        mine, theirs = self.correct_challenger, self.correct_champion
         return {
             "images": self.images,
             "champion": self.champion,
             "challenger": self.challenger,
-            "difference": self.difference.difference,
-            "interval": [self.difference.low, self.difference.high],
+            "difference": self.challenger - self.champion,
+            "wins": int((mine & ~theirs).sum()),  # challenger right, champion wrong
+            "losses": int((~mine & theirs).sum()),
         }
 
 
 def compare(
-    challenger: tuple[nn.Module, ModelCard],
-    champion: tuple[nn.Module, ModelCard],
-    test: Split,
-    params: Params,
+    challenger: tuple[nn.Module, ModelCard], champion: tuple[nn.Module, ModelCard], test: Split
 ) -> Comparison:
     """Score both models on `test` (through their cards' preprocessing)."""
     images, labels = test
     mine = correct_predictions(*challenger, images, labels)
     theirs = correct_predictions(*champion, images, labels)
-    gate = params.gate
-    difference = paired_bootstrap(
-        mine, theirs, gate.bootstrap_samples, gate.confidence, params.seed
-    )
-    return Comparison(len(labels), float(theirs.mean()), float(mine.mean()), difference, mine)
+    return Comparison(len(labels), float(theirs.mean()), float(mine.mean()), mine, theirs)

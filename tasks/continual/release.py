@@ -1,50 +1,63 @@
 """The challenger as the registry keeps a model: weights, card, ONNX fp32 and int8, and an entry.
 
-Exported and quantized as the compress stage does it (`tasks.compression`: the same export, the
-same fp32 check against torch within `compress.atol`, int8 calibrated on
-`compress.calibration_images` seeded images of what it trained on, served only if within
-`compress.max_accuracy_drop` of torch on its test set: `choose_served`). Registered through
+Exported by the compress stage's own code (`tasks.compression.compressor.compress_model`: the
+same export, the same checks of fp32 probabilities and embeddings against torch within
+`compress.atol`, int8 calibrated on `compress.calibration_images` seeded images of what it
+trained on, served only if within `compress.max_accuracy_drop` of torch on its test set). Its
+entry's `test_set` says what its accuracy was measured on. Registered through
 `record_decision` like the promote stage's candidates, with its lineage: parent = the champion,
 data_version = the batch's version, and `lineage` (kind continual, batch, source, counts). Its
 registered test set is the old test split followed by the batch's test part, so the models that
 come after it are judged on both.
+
+The release order (:func:`release`), all under the registry lock (`tasks.registry.lock`):
+
+1. re-read the registry: if the champion is no longer the one the challenger was fine-tuned
+   from and compared with (a promote or another continual run won in the meantime), the
+   challenger is recorded as rejected, saying so, and the run asks to be run again
+   (``retry`` in its report): a model is never promoted over one it was not compared with;
+2. copy the challenger's files into the registry (a folder no registry.json lists yet);
+3. when the gate promoted it: build its bento and validate it served (`tasks.packaging.bento`);
+   if that fails, the challenger is recorded as rejected with the bento's error, the BentoML
+   store's ``latest`` model is set back to the champion, and the report says to run again (a
+   rerun of the same batch learns again instead of returning the earlier report);
+4. save registry.json: the one commit point. A kill before it leaves the old registry and a
+   folder that ``python -m tasks.registry --verify`` names as garbage.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from tasks.compression.export import (
-    check_matches,
-    classifier_module,
-    export_onnx,
-    torch_probabilities,
-)
-from tasks.compression.latency import latency_ms_per_image, torch_runner, torch_threads
-from tasks.compression.quantize import calibration_sample, quantize_int8
-from tasks.compression.report import FP32_FILE, INT8_FILE, ModelFigures, ServedName, choose_served
-from tasks.compression.runtime import OnnxClassifier, resolve_threads
+from tasks.compression.compressor import compress_model
+from tasks.compression.report import ServedName
 from tasks.core.config import Params
+from tasks.core.errors import UserError
+from tasks.core.layout import Layout
 from tasks.data.packed import Split
 from tasks.modeling.artifact import CARD_FILE, WEIGHTS_FILE, ModelCard, save_model
+from tasks.packaging.bento import package
+from tasks.registry.lock import registry_lock
 from tasks.registry.store import (
     SERVED_FILES,
     Candidate,
     Lineage,
     Registry,
     candidate_id,
+    continual_test_set,
+    files_of,
+    load_registry,
     record_decision,
+    save_registry,
     store_files,
 )
-
-BATCH_SIZES = (1, 32)
-
-
-def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return float((probabilities.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
+from tasks.serving.store import save_champion
 
 
 def export_challenger(
@@ -55,60 +68,45 @@ def export_challenger(
     test: Split,
     params: Params,
 ) -> tuple[ServedName, str]:
-    """Write the weights, card and both ONNX files into `folder`; which one is served, and why."""
-    config = params.compress
-    threads = resolve_threads(config.threads)
+    """Write the weights, card and both ONNX files into `folder`; which one is served, and why
+    (`compress_model`, as the compress stage: UserError when ONNX and torch disagree)."""
     save_model(network, card, folder)
-    onnx_dir = folder / "onnx"
-    fp32_path = export_onnx(network, card, onnx_dir / FP32_FILE)
-    test_x, test_y = test
-    module = classifier_module(network, card)
-    with torch_threads(threads):
-        reference = torch_probabilities(module, test_x)
-    fp32 = OnnxClassifier(fp32_path, threads)
-    fp32_probabilities = fp32.probabilities(test_x)
-    check_matches(reference, fp32_probabilities, config.atol, f"ONNX fp32 ({FP32_FILE})")
-    calibration = calibration_sample(train_images, config.calibration_images, params.seed)
-    int8 = OnnxClassifier(quantize_int8(fp32_path, onnx_dir / INT8_FILE, calibration), threads)
-    runners = {"torch_fp32": torch_runner(module), "onnx_fp32": fp32.run, "onnx_int8": int8.run}
-    with torch_threads(threads):
-        latency = {
-            size: latency_ms_per_image(runners, test_x, size, config.latency_repeats)
-            for size in BATCH_SIZES
-        }
-    scores = {
-        "torch_fp32": reference,
-        "onnx_fp32": fp32_probabilities,
-        "onnx_int8": int8.probabilities(test_x),
-    }
-    sizes = {
-        "torch_fp32": folder / WEIGHTS_FILE,
-        "onnx_fp32": fp32_path,
-        "onnx_int8": onnx_dir / INT8_FILE,
-    }
-    models = {
-        name: ModelFigures(
-            accuracy=accuracy(scores[name], test_y),
-            size_mb=sizes[name].stat().st_size / 1e6,
-            latency_ms_b1=latency[1][name],
-            latency_ms_b32=latency[32][name],
-        )
-        for name in runners
-    }
-    return choose_served(models, config.max_accuracy_drop)
+    result = compress_model(
+        network,
+        card,
+        folder / WEIGHTS_FILE,
+        folder / "onnx",
+        test,
+        train_images,
+        params.compress,
+        params.seed,
+    )
+    return result.served, result.reason
 
 
-def register(
-    registry: Registry,
-    folder: Path,
+@dataclass(frozen=True)
+class Released:
+    """What :func:`release` did: the registry after it, the challenger's entry, the decision
+    as recorded, the bento (package report) or its error, and why a rerun must learn again."""
+
+    registry: Registry
+    candidate: Candidate
+    promoted: bool
+    reasons: list[str]
+    package: dict[str, Any] | None
+    bento_error: str | None
+    retry: str | None
+
+
+def new_entry(
     registry_dir: Path,
+    folder: Path,
     entry: tuple[ServedName, Split, dict[str, float]],
     parent: str,
     lineage: Lineage,
-    decision: tuple[bool, list[str]],
     time: str,
-) -> tuple[Registry, Candidate]:
-    """The registry after the decision about the challenger in `folder`, and its entry.
+) -> Candidate:
+    """The registry entry of the challenger in `folder`, its files copied into the registry.
 
     `entry`: the served format, the registered test set (old test split + the batch's test
     part) and the accuracies the report shows (`accuracy` is the one on that whole set).
@@ -116,24 +114,73 @@ def register(
     served, test_set, metrics = entry
     identity = candidate_id(folder / WEIGHTS_FILE, folder / CARD_FILE)
     card = ModelCard.load(folder / CARD_FILE)
-    candidate = registry.entry(identity)
-    if candidate is None:
-        candidate = Candidate(
-            id=identity,
-            created=time,
-            files=store_files(registry_dir, identity, folder, folder / "onnx", test_set),
-            served_format=served,
-            served_file=f"onnx/{SERVED_FILES[served]}",
-            accuracy=metrics["accuracy"],
-            test_metrics=metrics,
-            baseline=None,
-            data_version=lineage.batch,
-            test_images=len(test_set[1]),
-            params_hash=card.params_fingerprint,
-            parent=parent,
-            status="rejected",
-            reasons=[],
-            lineage=lineage,
+    return Candidate(
+        id=identity,
+        created=time,
+        files=store_files(registry_dir, identity, folder, folder / "onnx", test_set),
+        served_format=served,
+        served_file=f"onnx/{SERVED_FILES[served]}",
+        accuracy=metrics["accuracy"],
+        test_metrics=metrics,
+        baseline=None,
+        data_version=lineage.batch,
+        test_images=len(test_set[1]),
+        params_hash=card.params_fingerprint,
+        parent=parent,
+        status="rejected",
+        reasons=[],
+        lineage=lineage,
+        test_set=continual_test_set(parent, lineage.batch),
+    )
+
+
+def release(
+    folder: Path,
+    layout: Layout,
+    entry: tuple[ServedName, Split, dict[str, float]],
+    lineage: Lineage,
+    decision: tuple[str, bool, list[str]],
+    params: Params,
+    time: str,
+) -> Released:
+    """Record the gate's decision about the challenger in `folder`, holding the registry lock,
+    in the order the module docstring gives. `decision`: the champion it was fine-tuned from
+    and compared with (its parent), whether the gate promoted it, and the gate's reasons."""
+    parent, promoted, reasons = decision
+    registry_dir = layout.registry_dir
+    with registry_lock(registry_dir, f"continual learning (batch {lineage.batch})"):
+        registry = load_registry(registry_dir)
+        identity = candidate_id(folder / WEIGHTS_FILE, folder / CARD_FILE)
+        candidate = registry.entry(identity) or new_entry(
+            registry_dir, folder, entry, parent, lineage, time
         )
-    promoted, reasons = decision
-    return record_decision(registry, candidate, promoted, reasons, time), candidate
+        retry = bento = bento_error = None
+        if registry.champion != parent:
+            now_champion = registry.champion or "none"
+            retry = (
+                f"the champion changed from {parent} to {now_champion} while {identity} was "
+                f"fine-tuned from {parent}; it was never compared with {now_champion}, so it is "
+                f"recorded as rejected: run continual learning on batch {lineage.batch} again"
+            )
+            promoted, reasons = False, [f"not compared with the champion: {retry}", *reasons]
+        elif promoted:
+            try:
+                bento = package(params, layout, files_of(registry_dir, candidate))
+            except UserError as error:
+                bento_error = (
+                    f"the gate promoted {identity}, but its bento failed: {error}; the champion "
+                    f"is still {parent}: run continual learning on batch {lineage.batch} again"
+                )
+                promoted, reasons, retry = False, [bento_error, *reasons], bento_error
+                restore_served(layout)
+        updated = record_decision(registry, candidate, promoted, reasons, time)
+        if updated != registry:
+            save_registry(updated, registry_dir)  # the commit point
+    return Released(updated, candidate, promoted, reasons, bento, bento_error, retry)
+
+
+def restore_served(layout: Layout) -> None:
+    """Make the champion the BentoML store's latest model again, after the challenger's bento
+    failed (packaging saved the challenger first); a store that cannot be written is left."""
+    with contextlib.suppress(UserError):  # the bento's error already says what is wrong
+        save_champion(layout)

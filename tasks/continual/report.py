@@ -3,8 +3,12 @@
 What a caller (the Prefect flow, `make drift-demo`) reads from the report: ``promoted`` (bool),
 ``challenger`` and ``champion`` (ids; ``champion_after`` is the registry's champion after the
 decision), and ``accuracy.old_test`` / ``accuracy.new_test``, each ``{"champion",
-"challenger", "difference", "interval", "images"}`` as fractions. The batch's counts
-(quarantined with reasons, leakage dropped) are under ``batch``, the rules under ``rules``.
+"challenger", "difference", "images", "wins", "losses"}`` (accuracies as fractions; wins: images
+the challenger gets right and the champion wrong, losses the reverse: what the gate's paired
+rule decides on). The batch's counts (quarantined with reasons, leakage dropped) are under
+``batch``, the rules under ``rules``; ``replay_excluded`` counts the old train images left out of
+replay because they are in a registered test set (``exact``, ``near``, and ``test_sets``
+compared with).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ def plot_accuracies(report: dict[str, Any], path: Path) -> None:
     save_figure(figure, path)
 
 
+def _excluded(report: dict[str, Any]) -> str:
+    """ " (n registered test images left out)", when replay left any out."""
+    excluded = report.get("replay_excluded") or {}
+    left_out = int(excluded.get("exact", 0)) + int(excluded.get("near", 0))
+    return f" ({left_out} registered test images left out)" if left_out else ""
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """One line: the decision and the four accuracies."""
     old, new = report["accuracy"]["old_test"], report["accuracy"]["new_test"]
@@ -47,7 +58,7 @@ def summary_line(report: dict[str, Any]) -> str:
         f"new test part {new['champion']:.4f} -> {new['challenger']:.4f}, old test split "
         f"{old['champion']:.4f} -> {old['challenger']:.4f}; batch {report['version']}: "
         f"{batch['train']} train + {batch['test']} test images, {batch['quarantined']} "
-        f"quarantined, {report['replay_images']} replayed"
+        f"quarantined, {report['replay_images']} replayed{_excluded(report)}"
     )
     if report["promoted"]:
         bento = f"; bento {report['bento']}" if report.get("bento") else ""

@@ -1,5 +1,5 @@
 """Continual learning, once: a new labelled batch -> a data version -> a fine-tuned challenger
--> the continual gate -> the registry (and, if promoted, a rebuilt and validated bento).
+-> the promotion gate's rule -> the registry (and, if promoted, a rebuilt and validated bento).
 
 Run with ``python -m tasks.continual.run --batch SOURCE`` in the repository (``--help`` says
 more); the Prefect flow ``flows/continual.py`` (`continual_learning`) runs this command in a
@@ -9,10 +9,12 @@ promote stage keeps.
 
 Steps: the batch is ingested and validated like the training data, split into a train and a
 test part, packed as the champion's inputs and checked for leakage (`tasks.continual.batch`);
-the champion is fine-tuned on the train part plus a replay sample of the old train split
-(`tasks.continual.learning`); both models are scored on the old test split and on the test part;
-the challenger is promoted only if it gains on the new data and forgets little of the old
-(`tasks.continual.decision`); it is exported and registered with its lineage either way
+the champion is fine-tuned on the train part plus a replay sample of the old train split, from
+which every image of a registered test set is left out (`tasks.continual.replay`, counted in the
+report) (`tasks.continual.learning`); both models are scored on the old test set and on the test
+part; the challenger is promoted only if the promotion gate's one paired rule shows it better on
+the new data and not worse by `gate.max_regression` on the old (`tasks.continual.decision`); it is
+exported by the compress stage's code and registered with its lineage either way
 (`tasks.continual.release`); a promoted challenger is packaged exactly as the package stage
 packages a champion (`tasks.packaging.bento`). Everything goes to reports/continual/<version>.json
 and a plot beside it.
@@ -20,13 +22,18 @@ and a plot beside it.
 The same batch again is the same version: the run says it was learnt from and does nothing
 (``--force`` fine-tunes and decides again on the stored version). Exit codes as the stages: 0
 done, whatever the decision; 1 a data or file problem (a batch with nothing usable, no champion,
-not a DVC repository); 2 a mistake in params.yaml or in the arguments.
+not a DVC repository, a bento that failed); 2 a mistake in params.yaml or in the arguments; 75 the
+champion changed while the challenger was fine-tuned (it is recorded as rejected, never promoted
+over a model it was not compared with) or the registry stayed locked: run it again. A run whose
+report says ``retry`` (that case, or a failed bento) learns again when run again on the same
+batch. The registry is written under its lock, in the order `tasks.continual.release` gives.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +60,8 @@ from tasks.continual.learning import (
     replay_count,
     replay_sample,
 )
-from tasks.continual.release import export_challenger, register
+from tasks.continual.release import export_challenger, release
+from tasks.continual.replay import registered_test_images, replay_pool
 from tasks.continual.report import plot_accuracies, report_file, summary_line
 from tasks.core.config import Params, load_params_or_exit
 from tasks.core.errors import UserError, shown
@@ -61,6 +69,7 @@ from tasks.core.io import read_json, write_json
 from tasks.core.layout import Layout
 from tasks.core.options import parse_options
 from tasks.core.runner import (
+    EX_TEMPFAIL,
     print_help,
     stage_help,
     stage_main,
@@ -69,16 +78,13 @@ from tasks.core.runner import (
 from tasks.data.mirror import resolve_auto
 from tasks.data.packed import load_split
 from tasks.modeling.artifact import load_model
-from tasks.packaging.bento import package
 from tasks.registry.gate import decide
 from tasks.registry.store import (
     EntryFiles,
     Lineage,
     champion,
-    load_registry,
     load_test_set,
     now,
-    save_registry,
 )
 
 MODULE = "tasks.continual.run"
@@ -90,7 +96,7 @@ OPTIONS = {
 }
 READS = [
     "the batch (SOURCE)",
-    "models/registry (the champion and its test set)",
+    "models/registry (the champion and its test set; every entry's test set, kept out of replay)",
     "data/packed (old train and val splits: replay and the leakage check)",
     "params.yaml: continual, data, augment, train, compress, gate, serve, seed",
 ]
@@ -128,8 +134,9 @@ def learn(
     report_path = report_file(layout, version)
     if batch is not None:
         shutil.rmtree(staging)
-        if report_path.exists() and not force:
-            return read_json(report_path), False
+        earlier = read_json(report_path) if report_path.exists() else None
+        if earlier is not None and not force and not earlier.get("retry"):
+            return earlier, False
     else:
         batch = build_batch(source, staging, manifest, version, params, card, old, layout)
     dvc_file = dvc_add(layout.root, batch.folder)
@@ -153,9 +160,15 @@ def fine_tune_and_decide(
 ) -> dict[str, Any]:
     """Fine-tune, compare, decide, register (and package when promoted); the report."""
     tuned = finetune_params(params)
-    replayed = replay_sample(
+    # never an image of a registered test set, exact or near (tasks.continual.replay)
+    pool = replay_pool(
         old.train,
-        replay_count(len(batch.train[1]), len(old.train[1]), params.continual.replay_fraction),
+        registered_test_images(layout.registry_dir),
+        params.data.near_duplicate_distance,
+    )
+    replayed = replay_sample(
+        pool.split,
+        replay_count(len(batch.train[1]), len(pool.split[1]), params.continual.replay_fraction),
         params.seed,
     )
     train = tuple(np.concatenate([a, b]) for a, b in zip(batch.train, replayed, strict=True))
@@ -164,12 +177,12 @@ def fine_tune_and_decide(
     card = challenger_card(champion_model[1], tuned, parent, batch.version)
     network, history = fine_tune(network, card, train, old.val, tuned)
     challenger = (network, card)
-    on_old = compare(challenger, champion_model, old.test, params)
-    on_new = compare(challenger, champion_model, batch.test, params)
+    on_old = compare(challenger, champion_model, old.test)
+    on_new = compare(challenger, champion_model, batch.test)
     continual = params.continual
     rules = continual_rules(
-        gain_rule(on_new.champion, on_new.challenger, continual.min_gain),
-        forgetting_rule(on_old.champion, on_old.challenger, continual.max_forgetting),
+        gain_rule(on_new.correct_challenger, on_new.correct_champion, params.gate),
+        forgetting_rule(on_old.correct_challenger, on_old.correct_champion, params.gate),
         challenger,
         old.test,
         on_old.correct_challenger,
@@ -178,10 +191,6 @@ def fine_tune_and_decide(
     promoted, reasons = decide(rules)
 
     test_set = tuple(np.concatenate([a, b]) for a, b in zip(old.test, batch.test, strict=True))
-    folder = batches_dir(layout) / ".challenger"
-    if folder.exists():
-        shutil.rmtree(folder)
-    served, served_reason = export_challenger(network, card, folder, train[0], test_set, tuned)
     correct = np.concatenate([on_old.correct_challenger, on_new.correct_challenger])
     metrics = {
         "accuracy": float(correct.mean()),
@@ -196,32 +205,30 @@ def fine_tune_and_decide(
         test_images=len(batch.test[1]),
         replay_images=len(replayed[1]),
     )
-    registry = load_registry(layout.registry_dir)
-    updated, candidate = register(
-        registry,
-        folder,
-        layout.registry_dir,
-        (served, test_set, metrics),
-        parent,
-        lineage,
-        (promoted, reasons),
-        now(),
-    )
-    if updated != registry:
-        save_registry(updated, layout.registry_dir)
-    shutil.rmtree(folder)
-
-    bento, bento_error = None, None
-    if promoted:
-        try:
-            bento = package(params, layout)
-        except UserError as error:  # recorded in the report first, then the run fails
-            bento_error = f"promoted {candidate.id}, but its bento failed: {error}"
+    # a unique folder: two runs at once never share one (it is removed whatever happens)
+    folder = Path(tempfile.mkdtemp(prefix=".challenger-", dir=batches_dir(layout)))
+    try:
+        served, served_reason = export_challenger(network, card, folder, train[0], test_set, tuned)
+        # under the registry lock: the champion re-read, the bento before the promotion
+        released = release(
+            folder,
+            layout,
+            (served, test_set, metrics),
+            lineage,
+            (parent, promoted, reasons),
+            params,
+            now(),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    promoted, reasons, bento = released.promoted, released.reasons, released.package
     return {
         "version": batch.version,
         "source": source,
         "batch": batch.summary,
         "replay_images": len(replayed[1]),
+        # old train images left out of the replay pool: in a registered test set
+        "replay_excluded": pool.excluded,
         "fine_tuning": {
             "epochs": continual.epochs,
             "lr": continual.lr,
@@ -234,14 +241,16 @@ def fine_tune_and_decide(
         "reasons": reasons,
         "rules": [rule.model_dump() for rule in rules],
         "champion": parent,
-        "challenger": candidate.id,
-        "champion_after": updated.champion,
+        "challenger": released.candidate.id,
+        "champion_after": released.registry.champion,
         "served_format": served,
         "served_reason": served_reason,
         "lineage": {"parent": parent, "data_version": batch.version, **lineage.model_dump()},
         "bento": bento["bento"] if bento else None,
         "package": bento,
-        "bento_error": bento_error,
+        "bento_error": released.bento_error,
+        # why a rerun of this batch learns again rather than returning this report
+        "retry": released.retry,
     }
 
 
@@ -282,6 +291,9 @@ def main(arguments: Sequence[str] | None = None) -> None:
                 f"({shown(report_file(layout, report['version']))}); --force fine-tunes again"
             )
         print(summary_line(report))
+        if report.get("retry"):  # the champion changed meanwhile: learn again from the new one
+            print(f"error: {report['retry']}", file=sys.stderr)
+            raise SystemExit(EX_TEMPFAIL)
 
     stage_main(work, argv=[])
 

@@ -7,6 +7,7 @@ apply: unknown keys, wrong types and out-of-range values stop the run with one l
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ExplainMethod = Literal["integrated_gradients", "gradient_shap", "lime"]
 # every method runs: each one's grid is a declared output of the explain stage (dvc.yaml)
 EXPLAIN_METHODS: tuple[ExplainMethod, ...] = ("integrated_gradients", "gradient_shap", "lime")
+MONITOR_FAMILY = 8  # p-value tests in one drift verdict at most (tasks.monitoring.drift)
 
 
 class ReleaseSection(BaseModel):
@@ -76,27 +78,44 @@ class ServeConfig(ReleaseSection):
 
 
 class MonitorConfig(ReleaseSection):
-    reference_images: int = Field(500, ge=10, le=100_000)
+    """`monitor:`: one family-wise drift verdict per check (`tasks.monitoring.drift`)."""
+
     min_records: int = Field(50, ge=5)
-    p_value: float = Field(0.01, gt=0, lt=1)
+    false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)  # per check, all tests together (Holm)
+    consecutive: int = Field(2, ge=1, le=1000)  # drift verdicts in a row before continual learning
     psi_threshold: float = Field(0.2, gt=0)
     confidence_drop: float = Field(0.05, ge=0, le=1)
-    mmd_permutations: int = Field(200, ge=10, le=100_000)
+    mmd_permutations: int = Field(2000, ge=10, le=100_000)
     mmd_max_samples: int = Field(500, ge=10, le=100_000)
+
+    @model_validator(mode="after")
+    def _permutations_can_reach_the_level(self) -> MonitorConfig:
+        # Holm compares the smallest p-value with false_alarm_rate / tests (7 at most); a
+        # permutation p-value is never below 1 / (permutations + 1)
+        needed = math.ceil(MONITOR_FAMILY * 2 / self.false_alarm_rate)
+        if self.mmd_permutations < needed:
+            raise ValueError(
+                f"monitor.mmd_permutations must be >= {needed} at monitor.false_alarm_rate "
+                f"{self.false_alarm_rate} (got {self.mmd_permutations}): its smallest p-value, "
+                "1 / (permutations + 1), must be able to pass the Holm correction"
+            )
+        return self
 
 
 class GateConfig(ReleaseSection):
+    """`gate:`: the one promotion rule (`tasks.registry.gate`): promote and continual learning."""
+
     min_accuracy: float = Field(0.9, ge=0, le=1)
-    max_regression: float = Field(0.01, ge=0, le=1)
-    bootstrap_samples: int = Field(2000, ge=100, le=100_000)
-    confidence: float = Field(0.95, gt=0.5, lt=1)
+    max_regression: float = Field(0.02, gt=0, le=1)  # non-inferiority margin; 1: off
+    confidence: float = Field(0.95, gt=0.5, lt=1)  # of each paired comparison, one-sided
     min_class_accuracy: float = Field(0.85, ge=0, le=1)
     min_invariance: float = Field(0.9, ge=0, le=1)
     require_beats_baseline: bool = True
 
 
 class ContinualConfig(ReleaseSection):
-    """`continual:`: a labelled batch fine-tunes the champion with replay, behind its own gate."""
+    """`continual:`: a labelled batch fine-tunes the champion with replay, judged by the
+    promotion rule of `gate:`."""
 
     batch: str | None = None  # what the flow learns from when started without a batch
     test_fraction: float = Field(0.3, gt=0, lt=1)
@@ -104,6 +123,4 @@ class ContinualConfig(ReleaseSection):
     replay_fraction: float = Field(2.0, ge=0, le=100)
     epochs: int = Field(15, ge=1, le=10_000)
     lr: float = Field(0.001, gt=0, le=10)
-    max_forgetting: float = Field(0.01, ge=0, le=1)
-    min_gain: float = Field(0.0, ge=0, lt=1)
     min_batch_images: int = Field(20, ge=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,35 @@ import fsspec
 # half-written file that DVC or the next stage would trust.
 
 
+TEMPORARY_SUFFIX = ".tmp"  # of a file being written; git ignores `*.tmp`
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader, or a kill at any moment, finds the old file or
+    the new one, never half of one: a temporary file with a unique name in the same folder
+    (two writers never share one), flushed to disk, then renamed over `path`. A kill before the
+    rename leaves only a hidden ``.<name>.<random>.tmp`` beside it: garbage, not the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+    )
+    temporary = Path(name)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for everyone
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """Write `payload` as pretty, key-sorted JSON (stable bytes for DVC), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomically(Path(path), text.encode())
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,14 +1,15 @@
 """Classification metrics with their uncertainty, in numpy only (no torch, no scikit-learn).
 
 Used by the evaluate stage (the test split's figures) and by the promotion gate (a candidate
-against the champion on the same images), so both compute a figure the same way:
+against the champion on the same images):
 
 - :func:`per_class_scores` and :func:`macro_f1`: precision, recall and F1 per class, and their
   unweighted mean over the classes (a rare class counts as much as a common one);
 - :func:`bootstrap_interval`: a seeded percentile bootstrap interval of accuracy (test images
   resampled with replacement);
-- :func:`paired_bootstrap`: the difference in accuracy between two models on the *same* images,
-  resampled in pairs, so the images both get right or both get wrong do not widen the interval;
+- :func:`paired_score_test`: two models on the *same* images, a one-sided test that the first's
+  accuracy is above the second's minus a margin, from the images they disagree about (Tango's
+  score test; McNemar's at margin 0): the promotion gate's one rule (`tasks.registry.gate`);
 - :func:`calibration`: expected calibration error (ECE) over equal-width confidence bins, and the
   bins themselves for a reliability diagram.
 """
@@ -114,41 +115,6 @@ def accuracy_interval(
 
 
 @dataclass(frozen=True)
-class PairedDifference:
-    """accuracy(a) - accuracy(b) on the same images, with its bootstrap distribution's summary."""
-
-    difference: float
-    low: float  # lower end of the two-sided `confidence` interval
-    high: float
-    worse_probability: float  # share of resamples in which a trails b by more than the margin
-
-
-def paired_bootstrap(
-    correct_a: np.ndarray,
-    correct_b: np.ndarray,
-    samples: int,
-    confidence: float,
-    seed: int,
-    margin: float = 0.0,
-) -> PairedDifference:
-    """Resample the images (the same rows for both models) and summarize acc(a) - acc(b)."""
-    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
-    if a.shape != b.shape or len(a) == 0:
-        raise ValueError(
-            f"paired_bootstrap: need two equal, non-empty arrays, got {a.shape}, {b.shape}"
-        )
-    differences = _resample_means(a - b, samples, seed)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(differences, [tail, 100 - tail])
-    return PairedDifference(
-        float(a.mean() - b.mean()),
-        float(low),
-        float(high),
-        float((differences < -margin).mean()),
-    )
-
-
-@dataclass(frozen=True)
 class CalibrationBin:
     low: float
     high: float
@@ -183,3 +149,68 @@ def calibration(
             )
         )
     return float(error), table
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Model a against model b on the same images: a one-sided test that acc(a) - acc(b) is
+    above `-margin` (`margin` > 0: non-inferiority; 0: superiority), from the discordant pairs.
+    """
+
+    images: int
+    wins: int  # images a gets right and b gets wrong
+    losses: int  # images a gets wrong and b gets right
+    margin: float
+    confidence: float
+    statistic: float  # the score statistic at difference -margin
+    lower_bound: float  # one-sided `confidence` lower bound of acc(a) - acc(b)
+    passed: bool  # statistic > the normal quantile: acc(a) - acc(b) > -margin shown
+
+    @property
+    def difference(self) -> float:
+        return (self.wins - self.losses) / self.images
+
+
+def score_statistic(
+    wins: np.ndarray | int, losses: np.ndarray | int, images: np.ndarray | int, null: float
+) -> np.ndarray:
+    """Tango's (1998) score statistic for H0: acc(a) - acc(b) = `null` on paired images
+    (elementwise over arrays of counts): (wins - losses - n null) / its standard error under H0,
+    with the discordance rates at their maximum-likelihood values under H0. At `null` = 0 it is
+    McNemar's statistic (wins - losses) / sqrt(wins + losses). 0 where the variance is 0 (no
+    discordant image and `null` = 0: no evidence either way)."""
+    b, c, n = (np.asarray(x, dtype=float) for x in (wins, losses, images))
+    quadratic_b = -(b + c) + null * (2 * n - b + c)
+    quadratic_c = -c * null * (1 - null)
+    root = np.sqrt(np.maximum(quadratic_b**2 - 8 * n * quadratic_c, 0.0))
+    p_losses = (-quadratic_b + root) / (4 * n)  # P(a wrong, b right) under H0
+    variance = n * (2 * p_losses + null - null**2)
+    numerator = b - c - n * null
+    safe = np.where(variance > 1e-12, variance, 1.0)
+    return np.where(variance > 1e-12, numerator / np.sqrt(safe), 0.0)
+
+
+def paired_score_test(
+    correct_a: np.ndarray, correct_b: np.ndarray, margin: float, confidence: float
+) -> PairedTest:
+    """Is acc(a) - acc(b) > -`margin`, at one-sided `confidence`? Tango's score test (see
+    :func:`score_statistic`) on the images the two models disagree about; the lower bound is
+    the test inverted (the smallest difference it does not reject, by bisection)."""
+    from scipy.stats import norm
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or len(a) == 0:
+        raise ValueError(
+            f"paired_score_test: need two equal, non-empty arrays, got {a.shape}, {b.shape}"
+        )
+    n, wins, losses = len(a), int((a & ~b).sum()), int((~a & b).sum())
+    critical = float(norm.ppf(confidence))
+    statistic = float(score_statistic(wins, losses, n, -margin))
+    low, high = -1.0, (wins - losses) / n  # the statistic falls from +inf to <= 0 between them
+    for _ in range(60):
+        middle = (low + high) / 2
+        if float(score_statistic(wins, losses, n, middle)) > critical:
+            low = middle
+        else:
+            high = middle
+    return PairedTest(n, wins, losses, margin, confidence, statistic, high, statistic > critical)

@@ -1,37 +1,56 @@
-"""The drift tests: does a sample of served predictions still look like the reference?
+"""The drift verdict: does a sample of served predictions still look like the reference?
 
 Each test compares one aspect of the served sample with the reference (`tasks.monitoring.
-reference`) and says drift or not; the verdict is drift when any test says so:
+reference`, the champion's registered test images) and gives a p-value:
 
-- image statistics (the decoded upload's pixel mean and std, its width and height): a
-  two-sample Kolmogorov-Smirnov test (drift when p < `monitor.p_value`) and the population
-  stability index (drift when PSI > `monitor.psi_threshold`);
-- the predicted labels: a chi-square test of homogeneity on the 2 x classes table of counts
-  (the reference's shares are themselves a sample, so not a goodness-of-fit test against them);
-- the mean confidence: drift when it fell by more than `monitor.confidence_drop`;
+- each image statistic (the decoded upload's pixel mean and std, its width and height): a
+  two-sample Kolmogorov-Smirnov test;
+- the predicted labels, two ways (the reference's shares are themselves a sample, so neither
+  is a goodness-of-fit test against them): a chi-square test of homogeneity on the 2 x classes
+  table of counts, which sees many classes shifting a little, and each class's share on its own
+  (Fisher's exact test of the 2 x 2 table, that class against the rest; the smallest p times the
+  number of classes, Bonferroni), which sees one class vanishing or surging: with ten classes,
+  one class absent from 200 records moves chi-square (9 degrees of freedom) to p ~ 0.01 only,
+  while that class's own test gives p ~ 1e-6;
+- the confidence: a one-sided Mann-Whitney U test (are served confidences lower?);
 - the network's embeddings: a kernel two-sample test (MMD with an RBF kernel, its bandwidth by
   the median heuristic, the p-value by a seeded permutation test).
 
-Fewer records than `monitor.min_records` give no verdict at all; a model test without enough
-records of the champion (or a log without embeddings) is reported as skipped. numpy and scipy
-only: whatever needs the network (`reference`) hands these functions plain arrays.
+One family-wise decision. The p-values of every test that ran (eight at most) are adjusted by
+Holm's step-down method: sorted p_(1) <= ... <= p_(m), the adjusted p_(i) is the running maximum
+of min(1, (m - i + 1) p_(i)); a test is significant when its adjusted p <= `monitor.
+false_alarm_rate`. Holm keeps the chance of any significant test on clean traffic at or below
+that rate whatever the dependence between the tests (they share the records), and rejects at
+least what Bonferroni rejects. Significance alone is not drift: with many records a shift too
+small to matter is significant, so two tests also need an effect size above a threshold:
+
+- an image statistic drifts when its KS test is significant AND its population stability index
+  is above `monitor.psi_threshold`;
+- the confidence drifts when Mann-Whitney is significant AND the mean confidence fell by more
+  than `monitor.confidence_drop`.
+
+The label, class-share and embedding tests drift when significant. The AND only removes alarms, so
+the rate of false alarms per check stays at most `monitor.false_alarm_rate`;
+`benchmarks/monitor_false_alarms` measures it, and the detection rates, on the champion. The
+verdict is drift when any test drifts. Fewer records than `monitor.min_records` give no verdict at
+all; a model test without enough records of the champion (or a log without embeddings) is reported
+as skipped and is not part of the family. numpy and scipy only: whatever needs the network hands
+these plain arrays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from tasks.core.config_release import MonitorConfig
+from tasks.monitoring.mmd import mmd_permutation_test
+from tasks.monitoring.psi import psi, psi_bins
 
 IMAGE_FEATURES = ("mean", "std", "width", "height")  # what the prediction log records of an image
-MAX_PSI_BINS = 10  # deciles of the reference, the usual PSI, once samples are large enough
-PSI_NOISE_SHARE = 0.25  # PSI's own sampling noise may use at most this share of the threshold
-PSI_PSEUDOCOUNT = 0.5  # added to every bin's count, so an empty bin gives no log(0)
-PERMUTATION_CHUNK = 256  # permutations evaluated per matrix product (memory: n x chunk floats)
 
 
 @dataclass(frozen=True)
@@ -52,30 +71,45 @@ class Sample:
 
 @dataclass(frozen=True)
 class DriftTest:
-    """One test's outcome. A test with a p-value has `statistic` and `p_value`; a measure
-    (PSI, the confidence drop) has `value`; both have the `threshold` they were judged by."""
+    """One test's outcome: its p-value (raw and Holm-adjusted) and, for the image statistics and
+    the confidence, the effect size that must also exceed its threshold."""
 
     name: str
     drift: bool | None  # None: skipped (`note` says why)
-    threshold: float
+    level: float  # the family-wise level the adjusted p is compared with
     statistic: float | None = None
     p_value: float | None = None
-    value: float | None = None
+    adjusted_p: float | None = None  # Holm's, over every test of the check that ran
+    effect: str | None = None  # the effect size's name: "psi" or "mean_drop"
+    effect_value: float | None = None
+    effect_threshold: float | None = None
     reference: int = 0  # sample sizes the test saw
     served: int = 0
     note: str = ""
 
+    @property
+    def significant(self) -> bool:
+        return self.adjusted_p is not None and self.adjusted_p <= self.level
+
+    def decided(self, adjusted_p: float) -> DriftTest:
+        """This test with its adjusted p and its verdict: significant AND (when it has an effect
+        size) the effect above its threshold."""
+        large = self.effect_value is None or self.effect_value > (self.effect_threshold or 0.0)
+        return replace(self, adjusted_p=adjusted_p, drift=bool(adjusted_p <= self.level and large))
+
     def as_json(self) -> dict[str, Any]:
-        fields = {
+        fields: dict[str, Any] = {
             "name": self.name,
             "drift": self.drift,
-            "threshold": self.threshold,
+            "level": self.level,
             "samples": {"reference": self.reference, "served": self.served},
         }
-        for key in ("statistic", "p_value", "value"):
+        for key in ("statistic", "p_value", "adjusted_p", "effect_value", "effect_threshold"):
             number = getattr(self, key)
             if number is not None:
-                fields[key] = round(float(number), 6) + 0.0  # no -0.0
+                fields[key] = float(f"{float(number):.6g}") + 0.0  # no -0.0; tiny p kept
+        if self.effect:
+            fields["effect"] = self.effect
         if self.note:
             fields["note"] = self.note
         return fields
@@ -88,77 +122,53 @@ class Verdict:
     reason: str  # one line for a person
 
 
-def ks_test(name: str, reference: np.ndarray, served: np.ndarray, p_threshold: float) -> DriftTest:
-    """Two-sample Kolmogorov-Smirnov test of one image statistic."""
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest p times the
+    number of p-values not smaller than it (m - i + 1), made non-decreasing, capped at 1."""
+    order = np.argsort(p_values, kind="stable")
+    adjusted = np.empty(len(p_values))
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def ks_test(name: str, reference: np.ndarray, served: np.ndarray, level: float) -> DriftTest:
+    """Two-sample Kolmogorov-Smirnov test of one image statistic (its PSI is added by
+    :func:`image_tests`)."""
     result = stats.ks_2samp(reference, served)
-    p_value = float(result.pvalue)
     return DriftTest(
         f"ks:{name}",
-        p_value < p_threshold,
-        p_threshold,
+        None,
+        level,
         statistic=float(result.statistic),
-        p_value=p_value,
+        p_value=float(result.pvalue),
         reference=len(reference),
         served=len(served),
     )
 
 
-def psi_bins(reference_size: int, served_size: int, threshold: float) -> int:
-    """How many quantile bins PSI may use on samples of these sizes.
-
-    For two samples of one distribution PSI is about (bins - 1) * (1/n_ref + 1/n_served) on
-    average (it behaves like a chi-square statistic), so ten bins on 50 records would average
-    0.2, the usual threshold, with no drift at all. The bins are as many as keep that noise
-    under PSI_NOISE_SHARE of the threshold: against 500 reference images, 3 bins for 50 served
-    records, 5 for 100, deciles from about 300 on.
-    """
-    noise_per_bin = 1 / reference_size + 1 / served_size
-    fitting = 1 + int(PSI_NOISE_SHARE * threshold / noise_per_bin)
-    return int(np.clip(fitting, 2, MAX_PSI_BINS))
-
-
-def psi(reference: np.ndarray, served: np.ndarray, bins: int) -> float:
-    """The population stability index, sum((s - r) * ln(s / r)) over the reference's quantile
-    bins. Values beyond the reference's largest get a bin of their own (a constant reference,
-    such as the width of 8 px digits, then still sees 16 px uploads); bins empty on both sides
-    are left out and a pseudocount keeps a bin empty on one side finite."""
-    cuts = np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1])
-    cuts = np.unique(np.append(cuts, np.nextafter(np.max(reference), np.inf)))
-    counts = [
-        np.bincount(np.searchsorted(cuts, values, side="right"), minlength=len(cuts) + 1)
-        for values in (reference, served)
-    ]
-    reference_counts, served_counts = (c[(counts[0] + counts[1]) > 0] for c in counts)
-    reference_share = _smoothed_shares(reference_counts)
-    served_share = _smoothed_shares(served_counts)
-    return float(np.sum((served_share - reference_share) * np.log(served_share / reference_share)))
-
-
-def _smoothed_shares(counts: np.ndarray) -> np.ndarray:
-    padded = counts + PSI_PSEUDOCOUNT
-    return padded / padded.sum()
-
-
-def psi_test(name: str, reference: np.ndarray, served: np.ndarray, threshold: float) -> DriftTest:
+def with_psi(
+    test: DriftTest, reference: np.ndarray, served: np.ndarray, threshold: float
+) -> DriftTest:
+    """A KS test with its effect size: PSI over as many quantile bins as the sizes allow."""
     bins = psi_bins(len(reference), len(served), threshold)
-    value = psi(reference, served, bins)
-    return DriftTest(
-        f"psi:{name}",
-        value > threshold,
-        threshold,
-        value=value,
-        reference=len(reference),
-        served=len(served),
-        note=f"{bins} quantile bins of the reference",
+    return replace(
+        test,
+        effect="psi",
+        effect_value=psi(reference, served, bins),
+        effect_threshold=threshold,
+        note=f"PSI on {bins} quantile bins of the reference",
     )
 
 
 def label_test(
-    reference: np.ndarray, served: np.ndarray, classes: list[str], p_threshold: float
+    reference: np.ndarray, served: np.ndarray, classes: list[str], level: float
 ) -> DriftTest:
     """Chi-square test of homogeneity of the predicted-label counts (classes predicted on
     neither side are left out; a label outside `classes` gets its own column)."""
-    names = list(classes) + sorted(set(map(str, served)) - set(classes))
+    names = _label_names(classes, served)
     table = np.array([[np.sum(side == name) for name in names] for side in (reference, served)])
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2:  # one class predicted on both sides: nothing could have shifted
@@ -168,8 +178,8 @@ def label_test(
         statistic, p_value = float(result.statistic), float(result.pvalue)
     return DriftTest(
         "chi2:predicted_label",
-        p_value < p_threshold,
-        p_threshold,
+        None,
+        level,
         statistic=statistic,
         p_value=p_value,
         reference=len(reference),
@@ -177,14 +187,64 @@ def label_test(
     )
 
 
-def confidence_test(reference: np.ndarray, served: np.ndarray, max_drop: float) -> DriftTest:
-    """Drift when the served mean confidence is below the reference's by more than `max_drop`."""
-    before, now = float(np.mean(reference)), float(np.mean(served))
+def class_share_test(
+    reference: np.ndarray, served: np.ndarray, classes: list[str], level: float
+) -> DriftTest:
+    """Each predicted class's share, served against reference: Fisher's exact test of that class
+    against the rest, the smallest p-value times the number of classes tested (Bonferroni)."""
+    names = _label_names(classes, served)
+    sizes = len(reference), len(served)
+    smallest, worst = 1.0, ""
+    tested = 0
+    for name in names:
+        counts = int(np.sum(reference == name)), int(np.sum(served == name))
+        if counts == (0, 0):
+            continue
+        tested += 1
+        table = [[counts[0], sizes[0] - counts[0]], [counts[1], sizes[1] - counts[1]]]
+        p_value = float(stats.fisher_exact(table).pvalue)
+        if p_value < smallest:
+            smallest, worst = (
+                p_value,
+                f"{name}: {counts[0] / sizes[0]:.3f} -> {counts[1] / sizes[1]:.3f}",
+            )
     return DriftTest(
-        "confidence_drop",
-        before - now > max_drop,
-        max_drop,
-        value=before - now,
+        "fisher:class_share",
+        None,
+        level,
+        statistic=smallest,
+        p_value=min(1.0, smallest * max(tested, 1)),
+        reference=sizes[0],
+        served=sizes[1],
+        note=f"largest shift {worst} (share of records)" if worst else "",
+    )
+
+
+def _label_names(classes: list[str], served: np.ndarray) -> list[str]:
+    """The classes, then any served label outside them (each its own column)."""
+    return list(classes) + sorted(set(map(str, served)) - set(classes))
+
+
+def confidence_test(
+    reference: np.ndarray, served: np.ndarray, max_drop: float, level: float
+) -> DriftTest:
+    """One-sided Mann-Whitney U test (served confidences lower than the reference's), with the
+    drop of the mean confidence as its effect size, `max_drop` its threshold."""
+    before, now = float(np.mean(reference)), float(np.mean(served))
+    if np.ptp(np.concatenate([reference, served])) == 0:  # all equal: nothing to rank
+        statistic, p_value = float(len(reference) * len(served)) / 2, 1.0
+    else:
+        result = stats.mannwhitneyu(served, reference, alternative="less")
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+    return DriftTest(
+        "mannwhitney:confidence",
+        None,
+        level,
+        statistic=statistic,
+        p_value=p_value,
+        effect="mean_drop",
+        effect_value=before - now,
+        effect_threshold=max_drop,
         reference=len(reference),
         served=len(served),
         note=f"mean confidence {before:.4f} (reference) -> {now:.4f} (served)",
@@ -196,88 +256,37 @@ def mmd_test(
     served: np.ndarray,
     permutations: int,
     max_samples: int,
-    p_threshold: float,
+    level: float,
     seed: int,
 ) -> DriftTest:
-    """Kernel two-sample test on embeddings: the unbiased MMD^2 with an RBF kernel whose width is
-    the median distance between the pooled points, and its permutation p-value.
-
-    At most `max_samples` points per side (a seeded subsample): the kernel matrix is n^2.
-    Every permutation's MMD^2 comes from one matrix product with the split indicators, so 200
-    permutations of 1000 points cost about as much as building the kernel.
-    """
-    generator = np.random.default_rng(seed)
-    x = _subsample(np.asarray(reference, np.float64), max_samples, generator)
-    y = _subsample(np.asarray(served, np.float64), max_samples, generator)
-    pooled = np.concatenate([x, y])
-    squared = np.maximum(_squared_distances(pooled), 0.0)
-    n, first = len(pooled), len(x)
-    median = float(np.median(squared[~np.eye(n, dtype=bool)]))
-    kernel = np.exp(-squared / (2.0 * median if median > 0 else 1.0))
-    row_sums = kernel.sum(axis=1)
-    observed = _mmd_of_splits(kernel, row_sums, first, np.arange(n)[:, None] < first)[0]
-    exceeded = 0
-    for start in range(0, permutations, PERMUTATION_CHUNK):
-        count = min(PERMUTATION_CHUNK, permutations - start)
-        orders = np.argsort(generator.random((n, count)), axis=0)  # a permutation per column
-        members = orders < first
-        exceeded += int(np.sum(_mmd_of_splits(kernel, row_sums, first, members) >= observed))
-    p_value = (1 + exceeded) / (1 + permutations)
+    """The kernel two-sample test on embeddings (`tasks.monitoring.mmd`)."""
+    result = mmd_permutation_test(reference, served, permutations, max_samples, seed)
     return DriftTest(
         "mmd:embedding",
-        p_value < p_threshold,
-        p_threshold,
-        statistic=float(observed),
-        p_value=p_value,
-        reference=len(x),
-        served=len(y),
-        note=f"RBF kernel, bandwidth {np.sqrt(median):.4g} (median distance), "
+        None,
+        level,
+        statistic=result.statistic,
+        p_value=result.p_value,
+        reference=result.reference,
+        served=result.served,
+        note=f"RBF kernel, bandwidth {result.bandwidth:.4g} (median distance), "
         f"{permutations} permutations",
     )
 
 
-def _subsample(points: np.ndarray, limit: int, generator: np.random.Generator) -> np.ndarray:
-    if len(points) <= limit:
-        return points
-    return points[np.sort(generator.choice(len(points), limit, replace=False))]
-
-
-def _squared_distances(points: np.ndarray) -> np.ndarray:
-    norms = np.einsum("ij,ij->i", points, points)
-    return norms[:, None] + norms[None, :] - 2.0 * points @ points.T
-
-
-def _mmd_of_splits(
-    kernel: np.ndarray, row_sums: np.ndarray, first: int, members: np.ndarray
-) -> np.ndarray:
-    """Unbiased MMD^2 for each column of `members` (n x P booleans: True = in the first sample,
-    `first` of them per column). The kernel's diagonal (1 for RBF) is left out of the sums."""
-    inside = members.astype(np.float64)
-    second = len(kernel) - first
-    towards_first = kernel @ inside  # (n, P): each point's kernel sum over the first sample
-    within_first = np.sum(inside * towards_first, axis=0) - first
-    across = np.sum(inside * (row_sums[:, None] - towards_first), axis=0)
-    within_second = np.sum((1 - inside) * (row_sums[:, None] - towards_first), axis=0) - second
-    return (
-        within_first / (first * (first - 1))
-        + within_second / (second * (second - 1))
-        - 2.0 * across / (first * second)
-    )
-
-
-def skipped(name: str, threshold: float, note: str, served: int = 0) -> DriftTest:
-    return DriftTest(name, None, threshold, served=served, note=note)
+def skipped(name: str, level: float, note: str, served: int = 0) -> DriftTest:
+    return DriftTest(name, None, level, served=served, note=note)
 
 
 def image_tests(reference: Sample, served: Sample, config: MonitorConfig) -> list[DriftTest]:
-    """KS and PSI for each image statistic both samples hold."""
+    """KS, with PSI as its effect size, for each image statistic both samples hold."""
     tests = []
     for feature in IMAGE_FEATURES:
         if feature in reference.features and feature in served.features:
             before = np.asarray(reference.features[feature], np.float64)
             now = np.asarray(served.features[feature], np.float64)
-            tests.append(ks_test(feature, before, now, config.p_value))
-            tests.append(psi_test(feature, before, now, config.psi_threshold))
+            test = ks_test(feature, before, now, config.false_alarm_rate)
+            tests.append(with_psi(test, before, now, config.psi_threshold))
     return tests
 
 
@@ -285,27 +294,29 @@ def model_tests(
     reference: Sample, served: Sample, classes: list[str], config: MonitorConfig, seed: int
 ) -> list[DriftTest]:
     """The predicted labels, the confidence and the embeddings, when there are records enough."""
-    count = len(served.labels)
+    count, level = len(served.labels), config.false_alarm_rate
+    names = (
+        "chi2:predicted_label",
+        "fisher:class_share",
+        "mannwhitney:confidence",
+        "mmd:embedding",
+    )
     if count < config.min_records:
         note = f"{count} record(s) of the champion, fewer than monitor.min_records"
-        return [
-            skipped("chi2:predicted_label", config.p_value, note, count),
-            skipped("confidence_drop", config.confidence_drop, note, count),
-            skipped("mmd:embedding", config.p_value, note, count),
-        ]
+        return [skipped(name, level, note, count) for name in names]
     tests = [
-        label_test(reference.labels, served.labels, classes, config.p_value),
-        confidence_test(reference.confidences, served.confidences, config.confidence_drop),
+        label_test(reference.labels, served.labels, classes, level),
+        class_share_test(reference.labels, served.labels, classes, level),
+        confidence_test(reference.confidences, served.confidences, config.confidence_drop, level),
     ]
     if served.embeddings is None or reference.embeddings is None or len(served.embeddings) < 2:
-        note = "the prediction log records no embeddings"
-        tests.append(skipped("mmd:embedding", config.p_value, note, count))
+        tests.append(skipped(names[3], level, "the prediction log records no embeddings", count))
     elif served.embeddings.shape[1] != reference.embeddings.shape[1]:
         note = (
             f"the logged embeddings have {served.embeddings.shape[1]} dimensions, the "
             f"champion's {reference.embeddings.shape[1]}"
         )
-        tests.append(skipped("mmd:embedding", config.p_value, note, count))
+        tests.append(skipped(names[3], level, note, count))
     else:
         tests.append(
             mmd_test(
@@ -313,7 +324,7 @@ def model_tests(
                 served.embeddings,
                 config.mmd_permutations,
                 config.mmd_max_samples,
-                config.p_value,
+                level,
                 seed,
             )
         )
@@ -331,17 +342,43 @@ def too_few(records: int, config: MonitorConfig) -> Verdict | None:
     )
 
 
+def decide(tests: list[DriftTest]) -> list[DriftTest]:
+    """Every test that ran, adjusted by Holm over all of them and decided (see the module
+    docstring); skipped tests stay as they are."""
+    ran = [index for index, test in enumerate(tests) if test.p_value is not None]
+    adjusted = holm([float(tests[index].p_value or 0.0) for index in ran])
+    decided = list(tests)
+    for index, value in zip(ran, adjusted, strict=True):
+        decided[index] = tests[index].decided(value)
+    return decided
+
+
+def _described(test: DriftTest) -> str:
+    text = f"{test.name} (p {test.p_value:.2g}, Holm {test.adjusted_p:.2g}"
+    if test.effect is not None:
+        text += f", {test.effect} {test.effect_value:.3g} > {test.effect_threshold:.3g}"
+    return text + ")"
+
+
 def judge(
     reference: Sample, served: Sample, classes: list[str], config: MonitorConfig, seed: int
 ) -> Verdict:
-    """Every test, and the verdict: drift when any test says drift; None with too few records."""
+    """Every test, and the family-wise verdict (module docstring); None with too few records."""
     if (nothing := too_few(served.size, config)) is not None:
         return nothing
-    tests = image_tests(reference, served, config) + model_tests(
-        reference, served, classes, config, seed
+    tests = decide(
+        image_tests(reference, served, config)
+        + model_tests(reference, served, classes, config, seed)
     )
-    drifted = [test.name for test in tests if test.drift]
+    drifted = [_described(test) for test in tests if test.drift]
     if drifted:
         return Verdict(True, tests, f"drift in {', '.join(drifted)} ({served.size} records)")
     ran = sum(test.drift is not None for test in tests)
-    return Verdict(False, tests, f"no drift: {ran} test(s) on {served.size} records")
+    small = [test.name for test in tests if test.significant and not test.drift]
+    aside = f"; significant but below the effect threshold: {', '.join(small)}" if small else ""
+    return Verdict(
+        False,
+        tests,
+        f"no drift: {ran} test(s) on {served.size} records, family-wise level "
+        f"{config.false_alarm_rate:g} (Holm){aside}",
+    )

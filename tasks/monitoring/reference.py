@@ -1,48 +1,47 @@
-"""The reference: what the champion's data looked like, for the drift tests to compare with.
+"""The reference: what the champion's held-out test images looked like, for the drift tests.
 
-- Image statistics: of `monitor.reference_images` train images drawn with `params.seed`, read
-  from data/validated/manifest.csv. The service logs the mean and std of the decoded upload at
-  its own size (`tasks.serving.uploads.decode_image`: `load_converted`, then mean and std of the
-  converted 0-255 pixels) and its width and height, all before the image is resized to the
-  model's input. The validate stage computed exactly these numbers, with the same function, for
-  every raw file it accepted, so its manifest is what is comparable. The packed arrays are not:
-  they are resized to `data.image_size` (the 8 px digits become 16 px, and interpolation changes
-  their mean and std), and re-decoding data/raw would only recompute the manifest's numbers.
-- Embeddings: the penultimate layer's activations (the input of the classification head,
-  `tasks.modeling.embedding`) on the same train images, from the packed split (the model's
-  input, exactly what the service gives the network for those files).
-- Predicted labels and confidences: the champion's on the test set it was registered with
-  (models/registry/<id>/test.npz): held out, so the confidence is that of unseen images, as the
-  served ones are.
+Every part of the reference comes from the champion's test images, never from training images
+(an overfit network embeds and scores its own training images differently from unseen ones,
+which pushed the embedding test toward false drift) and never from validation images (kept out,
+so that they remain an independent control of clean traffic: the tests, the drift demo and
+`benchmarks/monitor_false_alarms` serve them as clean traffic).
 
-The model side comes from the champion's served ONNX file (`served_onnx`, int8 when the
-compress stage chose it): the file the service runs and whose outputs it logs, so like is
-compared with like. Measured on the digits champion (CNN, 128 dimensions, values up to 4.3):
-int8 embeddings differ from the torch network's by up to 0.047; 500 train images against the
-270 held-out test images served through int8 (logged, rounded) give MMD p = 0.61 with this
-reference and p = 0.60 with a torch one, so int8 alone would not have shown as drift either;
-the same test images inverted give p = 0.005, the smallest 200 permutations can give.
-A champion exported before the embedding
-output has none: its reference has no embeddings and the MMD test is skipped, as the log it
-serves carries none either.
+- Embeddings, predicted labels and confidences: the champion's served ONNX file (int8 when the
+  compress stage chose it: the file the service runs and whose outputs it logs, so like is
+  compared with like) on the test set it was registered with (models/registry/<id>/test.npz).
+  A champion exported before the embedding output has none: its reference has no embeddings
+  and the MMD test is skipped, as the log it serves carries none either.
+- Image statistics (the decoded upload's pixel mean and std, its width and height, which the
+  service logs before resizing, `tasks.serving.uploads.decode_image`): test.npz holds the
+  resized model input, not the files, so these come from the validate stage, which computed
+  exactly these numbers with the same function for every file it accepted. Which files: the
+  test rows of data/splits/split.csv (their statistics in data/validated/manifest.csv), and,
+  for a champion from continual learning, the test part of each batch in its lineage
+  (data/batches/<version>/split.csv test rows not dropped as leaked, statistics in its
+  validated.csv), exactly the images its test.npz concatenates. Checked: the packed test split
+  must be the first rows of test.npz and the counts must add up; when they do not (the data was
+  re-split since the champion was registered, or a batch folder is gone) the image statistics
+  are left out of the reference, the image tests do not run and `Reference.note` says why.
 
-onnxruntime and numpy only (no torch); `tasks.monitoring.drift` gets plain arrays.
+onnxruntime, numpy and pandas only (no torch); `tasks.monitoring.drift` gets plain arrays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tasks.compression.runtime import OnnxClassifier
-from tasks.core.config_release import MonitorConfig
-from tasks.core.errors import UserError, require, shown
+from tasks.core.errors import shown
 from tasks.core.layout import Layout
-from tasks.data.packed import load_split
 from tasks.monitoring.drift import IMAGE_FEATURES, Sample
-from tasks.registry.store import champion, load_test_set
+from tasks.registry.store import EntryFiles, Registry, champion, load_registry, load_test_set
+from tasks.serving.logbook import CONFIDENCE_DECIMALS
+
+TEST_SPLIT = "test"
 
 
 @dataclass(frozen=True)
@@ -52,59 +51,110 @@ class Reference:
     sample: Sample
     classes: list[str]
     champion: str  # the champion's registry id: the model_version its served records carry
-    train_images: int  # images behind the statistics and the embeddings
-    test_images: int  # images behind the labels and the confidences
+    test_images: int  # the champion's registered test images (labels, confidences, embeddings)
+    statistics_images: int  # of them, those behind the image statistics (0: none, see `note`)
+    note: str = ""  # why the image statistics are missing, when they are
 
 
-def train_rows(layout: Layout) -> pd.DataFrame:
-    """The train split's rows in the packed order (data/splits/split.csv lists them in the order
-    the split stage packed them), with the validate stage's statistics of each file."""
-    require(layout.split_file, layout.validated_manifest)
-    splits = pd.read_csv(layout.split_file, dtype=str, keep_default_na=False)
+def statistics_of(rows: pd.DataFrame, manifest: Path) -> pd.DataFrame | None:
+    """The image statistics of `rows` (a `path` column) from a validate manifest; None when the
+    manifest lacks one of them."""
     statistics = pd.read_csv(
-        layout.validated_manifest,
-        usecols=["path", *IMAGE_FEATURES],
-        dtype={"path": str},
-        keep_default_na=False,
+        manifest, usecols=["path", *IMAGE_FEATURES], dtype={"path": str}, keep_default_na=False
     )
-    train = splits.loc[splits["split"] == "train", ["path"]].reset_index(drop=True)
-    rows = train.merge(statistics, on="path", how="left", validate="one_to_one")
-    if rows[list(IMAGE_FEATURES)].isna().any().any():
-        raise UserError(
-            f"{shown(layout.split_file)} lists train files that {shown(layout.validated_manifest)}"
-            " does not; rerun the pipeline (`dvc repro`)"
+    merged = rows[["path"]].merge(statistics, on="path", how="left", validate="one_to_one")
+    return None if merged[list(IMAGE_FEATURES)].isna().any().any() else merged
+
+
+def split_test_rows(layout: Layout) -> pd.DataFrame | None:
+    """The test split's rows (data/splits/split.csv, in the packed order) with their statistics."""
+    if not (layout.split_file.exists() and layout.validated_manifest.exists()):
+        return None
+    splits = pd.read_csv(layout.split_file, dtype=str, keep_default_na=False)
+    rows = splits.loc[splits["split"] == TEST_SPLIT].reset_index(drop=True)
+    return statistics_of(rows, layout.validated_manifest)
+
+
+def batch_test_rows(layout: Layout, version: str) -> pd.DataFrame | None:
+    """A continual batch's own test part (leaked images dropped) with its statistics."""
+    folder = layout.root / "data" / "batches" / version
+    if not ((folder / "split.csv").exists() and (folder / "validated.csv").exists()):
+        return None
+    split = pd.read_csv(folder / "split.csv", dtype=str, keep_default_na=False)
+    leaked = split.get("leaked", "")
+    rows = split.loc[(split["split"] == TEST_SPLIT) & (leaked == "")].reset_index(drop=True)
+    return statistics_of(rows, folder / "validated.csv")
+
+
+def lineage_batches(registry: Registry, champion_id: str) -> list[str]:
+    """The batches whose test parts the champion's test set holds, oldest first: one per
+    continual round from the pipeline model it descends from."""
+    batches: list[str] = []
+    entry = registry.entry(champion_id)
+    while entry is not None and entry.lineage is not None:
+        batches.insert(0, entry.lineage.batch)
+        entry = registry.entry(entry.parent) if entry.parent else None
+    return batches
+
+
+def test_statistics(
+    layout: Layout, files: EntryFiles, test_images: np.ndarray
+) -> tuple[pd.DataFrame | None, str]:
+    """The image statistics of the champion's registered test images, or None and why not."""
+    rows = split_test_rows(layout)
+    packed = layout.packed_dir / "test_x.npy"
+    if rows is None or not packed.exists():
+        return None, (
+            f"no test split statistics ({shown(layout.split_file)}, "
+            f"{shown(layout.validated_manifest)}, {shown(packed)}): image tests not run"
         )
-    return rows
+    split_images = np.load(packed, mmap_mode="r")
+    if len(split_images) != len(rows) or not np.array_equal(
+        split_images, test_images[: len(split_images)]
+    ):
+        return None, (
+            "the champion's registered test images are not the current test split (the data "
+            "was re-split since it was registered): image tests not run"
+        )
+    parts = [rows]
+    for version in lineage_batches(load_registry(layout.registry_dir), files.entry.id):
+        batch = batch_test_rows(layout, version)
+        if batch is None:
+            return None, f"data/batches/{version} is missing or incomplete: image tests not run"
+        parts.append(batch)
+    every = pd.concat(parts, ignore_index=True)
+    if len(every) != len(test_images):
+        return None, (
+            f"the test split and the lineage's batch test parts hold {len(every)} images, the "
+            f"champion's test set {len(test_images)}: image tests not run"
+        )
+    return every, ""
 
 
-def build_reference(layout: Layout, config: MonitorConfig, seed: int) -> Reference:
+def build_reference(layout: Layout) -> Reference:
     """The champion's reference (see the module docstring).
 
     Raises:
         NoChampion: the registry has none yet.
-        MissingInput: the split, the manifest or the packed train split is missing.
-        UserError: they disagree (a pipeline run stopped half-way).
+        RegistryError: one of the champion's files is missing or changed.
     """
     files = champion(layout.registry_dir)
     served = OnnxClassifier(files.served_onnx)
-    rows = train_rows(layout)
-    train_images, _ = load_split("train", layout.packed_dir)
-    if len(train_images) != len(rows):
-        raise UserError(
-            f"the packed train split holds {len(train_images)} images, "
-            f"{shown(layout.split_file)} {len(rows)}; rerun the pipeline (`dvc repro`)"
-        )
-    generator = np.random.default_rng(seed)
-    count = min(config.reference_images, len(rows))
-    chosen = np.sort(generator.choice(len(rows), count, replace=False))
-    _, embeddings = served.outputs(train_images[chosen])
     test_images, _ = load_test_set(files.test_set)
-    probabilities = served.probabilities(test_images)
+    probabilities, embeddings = served.outputs(test_images)
+    statistics, note = test_statistics(layout, files, test_images)
     classes = list(served.classes)
+    features = (
+        {}
+        if statistics is None
+        else {name: statistics[name].to_numpy(np.float64) for name in IMAGE_FEATURES}
+    )
     sample = Sample(
-        features={name: rows[name].to_numpy(np.float64)[chosen] for name in IMAGE_FEATURES},
+        features=features,
         labels=np.array(classes, dtype=str)[probabilities.argmax(axis=1)],
-        confidences=probabilities.max(axis=1).astype(np.float64),
+        # rounded as the log rounds the served ones: ties stay ties in the rank test
+        confidences=np.round(probabilities.max(axis=1).astype(np.float64), CONFIDENCE_DECIMALS),
         embeddings=None if embeddings is None else embeddings.astype(np.float64),
     )
-    return Reference(sample, classes, files.entry.id, count, len(test_images))
+    counted = 0 if statistics is None else len(statistics)
+    return Reference(sample, classes, files.entry.id, len(test_images), counted, note)

@@ -1,10 +1,9 @@
-"""The monitor's files: one JSON report and one plot per check, and the state between checks.
+"""The monitor's files: one JSON report and one plot per check.
 
-`reports/monitor/<UTC time>.json` (schema in :func:`build_report`), `<UTC time>.png` beside it
+`reports/monitor/<UTC time>.json` (schema in :func:`build_report`) and `<UTC time>.png` beside it
 (the image statistics, predicted labels, confidences and embeddings, reference against served,
-each panel titled with its tests), and `reports/monitor/state.json`: the time of the newest
-record judged, where the next check starts. A check without a verdict (too few records) leaves
-the state alone, so its records are judged with the next ones.
+each panel titled with its tests). The state between checks (`reports/monitor/state.json`) is
+`tasks.monitoring.state`'s.
 
 Light on purpose (no torch, no scipy at import): the Prefect flow imports :func:`report_path`
 and reads the report; matplotlib is imported only to draw.
@@ -20,15 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.core.io import read_json, write_json
 from tasks.core.plotting import pyplot, save_figure
+from tasks.monitoring.state import MONITOR_FOLDER, ContinualDecision
 
 if TYPE_CHECKING:
     from tasks.monitoring.drift import DriftTest, Sample, Verdict
     from tasks.monitoring.served import ServedLog
 
-MONITOR_FOLDER = "monitor"  # under reports/
-STATE_FILE = "state.json"
 TIME_FORMAT = "%Y-%m-%dT%H%M%SZ"  # file names: sortable, no colons
 MAX_HISTOGRAM_BINS = 30
 FEATURE_UNITS = {
@@ -48,40 +45,50 @@ def report_path(reports_dir: Path, moment: datetime) -> Path:
     return monitor_folder(reports_dir) / f"{moment.astimezone(UTC).strftime(TIME_FORMAT)}.json"
 
 
-def read_state(reports_dir: Path) -> str | None:
-    """The ISO time of the newest record the last verdict judged; None before the first."""
-    path = monitor_folder(reports_dir) / STATE_FILE
-    return read_json(path).get("until") if path.exists() else None
-
-
-def write_state(reports_dir: Path, until: str, report: Path) -> None:
-    write_json(monitor_folder(reports_dir) / STATE_FILE, {"until": until, "report": report.name})
-
-
 @dataclass(frozen=True)
 class ModelSummary:
     """Which model the records and the reference belong to."""
 
     champion: str
-    train_images: int  # behind the reference statistics and embeddings
-    test_images: int  # behind the reference labels and confidences
+    test_images: int  # the champion's registered test images: labels, confidences, embeddings
+    statistics_images: int  # of them, those behind the image statistics
+    note: str = ""  # why the image statistics are missing, when they are
+
+
+def no_champion_records(verdict: Verdict, log: ServedLog, champion: str) -> str | None:
+    """The one-line warning when a verdict was reached on records none of which the champion
+    served (its model tests were skipped: the verdict rests on the image statistics only)."""
+    if verdict.drift is None or not log.records or log.versions.get(champion, 0) > 0:
+        return None
+    served = ", ".join(f"{version} ({count})" for version, count in sorted(log.versions.items()))
+    return (
+        f"warning: none of the {len(log.records)} judged record(s) were served by the champion "
+        f"{champion or '(none)'} (served by: {served}); its model tests did not run: the service "
+        "still serves another model (a failed release, a pinned tag); GET /model says which"
+    )
 
 
 def build_report(
     verdict: Verdict,
     log: ServedLog,
     model: ModelSummary,
+    continual: ContinualDecision,
     settings: dict[str, Any],
     plot: Path | None,
 ) -> dict[str, Any]:
     """The report: ``{"records", "since", "until", "drift" (true, false, or null: no verdict),
-    "status", "reason", "tests": [{"name", "drift", "threshold", "statistic" and "p_value" or
-    "value", "samples": {"reference", "served"}, "note"?}], "model": {"champion", "records"
-    (of the champion), "versions" (records per model_version), "served" (the newest record's
-    model_version), "served_is_champion" (null without records)}, "reference": {"train_images",
-    "test_images"}, "log": {"files", "unreadable_lines"}, "settings" (monitor.*), "plot"}``."""
+    "status", "reason", "warnings" (one line each), "continual": {"drift_in_a_row", "needed",
+    "start", "message"}, "tests": [{"name", "drift", "level" (the family-wise level),
+    "statistic", "p_value" (raw), "adjusted_p" (Holm), "effect", "effect_value",
+    "effect_threshold" (PSI or the mean confidence drop, where the test has one), "samples":
+    {"reference", "served"}, "note"?}], "model": {"champion", "records" (of the champion),
+    "versions" (records per model_version), "served" (the newest record's model_version),
+    "served_is_champion" (null without records)}, "reference": {"test_images",
+    "statistics_images", "note"}, "log": {"files", "unreadable_lines"}, "settings"
+    (monitor.*), "plot"}``."""
     status = {True: "drift", False: "no drift", None: "no verdict"}[verdict.drift]
     served = log.served_version
+    warning = no_champion_records(verdict, log, model.champion)
     return {
         "records": len(log.records),
         "since": log.since.isoformat() if log.since else None,
@@ -89,6 +96,8 @@ def build_report(
         "drift": verdict.drift,
         "status": status,
         "reason": verdict.reason,
+        "warnings": [warning] if warning else [],
+        "continual": continual.as_json(),
         "tests": [test.as_json() for test in verdict.tests],
         "model": {
             "champion": model.champion,
@@ -97,7 +106,11 @@ def build_report(
             "served": served,
             "served_is_champion": None if served is None else served == model.champion,
         },
-        "reference": {"train_images": model.train_images, "test_images": model.test_images},
+        "reference": {
+            "test_images": model.test_images,
+            "statistics_images": model.statistics_images,
+            "note": model.note,
+        },
         "log": {"files": log.files, "unreadable_lines": log.unreadable},
         "settings": settings,
         "plot": plot.name if plot else None,
@@ -108,12 +121,14 @@ def _title(name: str, tests: list[DriftTest]) -> tuple[str, str]:
     """A panel's title (the tests about `name`) and its colour (red for drift)."""
     parts = []
     for test in tests:
-        if test.p_value is not None:
-            parts.append(f"{test.name.split(':')[0]} p={test.p_value:.3g}")
-        elif test.value is not None:
-            parts.append(f"{test.name.split(':')[0]} {test.value:.3g}")
+        kind = test.name.split(":")[0]
+        if test.adjusted_p is not None:
+            part = f"{kind} Holm p={test.adjusted_p:.3g}"
+            if test.effect is not None and test.effect_value is not None:
+                part += f", {test.effect} {test.effect_value:.3g}"
+            parts.append(part)
         else:
-            parts.append(f"{test.name.split(':')[0]} skipped")
+            parts.append(f"{kind} skipped")
     colour = "tab:red" if any(test.drift for test in tests) else "black"
     return f"{name}\n{', '.join(parts) or 'not tested'}", colour
 
@@ -149,7 +164,8 @@ def plot_distributions(
     figure, axes = plt.subplots(2, 4, figsize=(17, 8))
     panels = list(axes.flat)
     for axis, feature in zip(panels, ("mean", "std", "width", "height"), strict=False):
-        _histogram(axis, reference.features[feature], served.features[feature])
+        empty = np.zeros(0)
+        _histogram(axis, reference.features.get(feature, empty), served.features[feature])
         axis.set_xlabel(FEATURE_UNITS[feature])
         title, colour = _title(feature, [t for t in verdict.tests if t.name.endswith(feature)])
         axis.set_title(title, color=colour, fontsize=10)
@@ -167,7 +183,7 @@ def plot_distributions(
         embedding_axis.scatter(*now.T, s=6, alpha=0.5, label="served")
     for axis, name, prefix in (
         (label_axis, "predicted label", "chi2"),
-        (confidence_axis, "confidence", "confidence"),
+        (confidence_axis, "confidence", "mannwhitney"),
         (embedding_axis, "embeddings (PCA of the reference)", "mmd"),
     ):
         title, colour = _title(name, [t for t in verdict.tests if t.name.startswith(prefix)])

@@ -9,8 +9,9 @@ copies them unchanged (a clean batch). Seeded: the same arguments write the same
 
 Which splits to draw from matters for an honest demo: a drifted copy of an old *test* image
 that the challenger trains on would make the old test split a leaky judge of forgetting, so the
-demo draws its drifted batch from the train and validation splits and its clean batch from the
-test split.
+demo draws its drifted batch from the train and validation splits; its clean traffic is the
+validation split (the monitor's reference is the champion's test images: clean traffic must be
+other images), and a clean copy of the test split measures accuracy only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Packaging the champion: save it into the project's BentoML store, build the bento, serve the
 built bento and prove it answers as the model (the package stage, `tasks/package.py`, says how).
 
-Continual learning (`tasks.continual`) rebuilds and validates the bento with the same function
-after it promotes a challenger, so a bento is validated one way whoever built it.
+Continual learning (`tasks.continual`) builds and validates the bento of its challenger with
+the same function before it records the promotion, so a bento is validated one way whoever built
+it, and a bento that fails leaves the registry's champion as it was. :func:`package` holds the
+registry lock (`tasks.registry.lock`) from reading the champion to writing its report.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tasks.packaging.build import build_bento, child_environment, use_project_st
 from tasks.packaging.golden import Golden, golden_set, image_rules
 from tasks.packaging.server import ServerFailed, bentoml_serve_command, free_port, running
 from tasks.packaging.validation import Check, Latency, validate
+from tasks.registry.lock import registry_lock
 from tasks.registry.store import EntryFiles, NoChampion, champion
 from tasks.serving.guard import KEY_VARIABLE
 from tasks.serving.logbook import LOG_DIR_VARIABLE
@@ -103,21 +106,32 @@ def package_report(
     }
 
 
-def package(params: Params, layout: Layout | None = None) -> dict[str, Any]:
+def package(
+    params: Params, layout: Layout | None = None, candidate: EntryFiles | None = None
+) -> dict[str, Any]:
     """Save the champion, build the bento, validate it served; write reports/package.json.
+
+    `candidate`: a registered model to package instead of the champion (continual learning's
+    challenger, packaged before its promotion is recorded).
 
     Raises:
         UserError: no champion, a build that fails, or (after the report is written) a check
             that fails.
     """
     layout = layout or Layout.discover()
+    with registry_lock(layout.registry_dir, "package"):
+        return package_locked(params, layout, candidate)
+
+
+def package_locked(params: Params, layout: Layout, candidate: EntryFiles | None) -> dict[str, Any]:
+    """:func:`package`, holding the registry lock."""
     require(layout.packed_dir / "test_x.npy")
     try:
-        entry = current_champion(layout)
+        entry = candidate or current_champion(layout)
     except NothingToPackage as nothing:  # not a failure of the run: there is nothing to serve
         return nothing_packaged(layout, str(nothing))
     use_project_store(layout)
-    model_tag = save_champion(layout)
+    model_tag = save_champion(layout, entry)
     os.environ[TAG_VARIABLE] = model_tag  # the bento packs the champion, whatever the user set
     bento_tag = build_bento(layout)
     test_images, _ = load_split("test", layout.packed_dir)

@@ -6,21 +6,38 @@
    `augment.rotation`) for at least `gate.min_invariance` of the images, every class at least
    `gate.min_class_accuracy`, and (if `gate.require_beats_baseline`) better than the same-run
    classical baseline;
-3. no regression: on the *champion's* test set, a seeded paired bootstrap of accuracy(candidate)
-   - accuracy(champion), a non-inferiority rule: the candidate passes only if at most
-   1 - `gate.confidence` of the resamples have it trailing by more than `gate.max_regression`.
-   The champion's own test set, kept in the registry, stays the same when the data changes;
-   those of its images that the candidate trained or was selected on (in its train or
-   validation split after a new split) are left out, so both are scored on images neither
-   learned; paired resampling keeps the images both models get right (or wrong) from widening
-   the interval. On a small test set the rule is strict: against a 270/270 champion, one
-   extra mistake is rejected (3 or more extra mistakes in over 5 % of the resamples);
+3. no regression: on the *champion's* test set, the candidate must be shown not worse than the
+   champion by `gate.max_regression` or more (:func:`paired_rule`). The champion's own test set,
+   kept in the registry, stays the same when the data changes; those of its images that the
+   candidate trained or was selected on (in its train or validation split after a new split)
+   are left out, so both are scored on images neither learned. After continual learning the
+   champion's test set is its parent's plus the batch's test part: a pipeline candidate that
+   never saw the batch is scored on those images too;
 4. new inputs: a retrain with the champion's own params and data (a different id only through
    nondeterminism, as on a GPU) leaves the champion in place.
 
 The first model has no champion to beat: it is promoted when 1 and 2 hold. Figures come from the
 torch model (load_model + predict, as evaluate computes them), not from the served ONNX file,
-whose agreement with torch the compress stage checks.
+whose agreement with torch the compress code checks.
+
+**The one paired comparison** (promote's rule 3, and continual learning's forgetting and gain,
+`tasks.continual.decision`): Tango's score test (`tasks.evaluation.metrics.paired_score_test`)
+of accuracy(candidate) - accuracy(champion) on the same images, one-sided at
+`gate.confidence`. Only the images the two models disagree about carry information (wins:
+candidate right, champion wrong; losses: the reverse); the test's variance uses their rates
+under the null hypothesis, estimated by maximum likelihood. Non-inferiority (margin
+`gate.max_regression`): promoted only if the difference is shown to be above -margin. Superiority
+(margin 0, continual learning's gain on the batch's test part): shown to be above 0; there the
+test is McNemar's. Its error rate: a candidate truly worse by more than the margin (or, for the
+gain, truly no better) passes in about 1 - `gate.confidence` of comparisons or fewer;
+`tests/code/test_promotion_rule.py` simulates it over test set sizes and disagreement rates.
+
+Why this test: the paired bootstrap used before resamples only the disagreements it saw, so with
+few of them (a champion near 100 %) it passes a candidate truly worse by the margin far more
+often than 1 - confidence; an exact binomial (McNemar) test conditions on the number of
+disagreements and so cannot carry a margin on the accuracy difference. The score test needs no
+seed and no resamples. It cannot show what the data cannot: with n images and no disagreement,
+non-inferiority passes only when n > z^2 (1 - margin) / margin.
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ from torch import nn
 
 from tasks.core.checks import CheckResult
 from tasks.core.config import AugmentConfig, GateConfig
-from tasks.evaluation.metrics import paired_bootstrap
+from tasks.evaluation.metrics import paired_score_test
 from tasks.modeling.artifact import ModelCard, predict
 from tasks.modeling.checks import beats_baseline, invariance, per_class_accuracy
 from tasks.registry.store import Baseline, Candidate
@@ -61,12 +78,14 @@ class EntrySummary(Report):
     data_version: str
     params_hash: str
     parent: str | None
+    measured_on: str  # the test set `accuracy` was measured on
 
     @classmethod
     def of(cls, entry: Candidate | None) -> EntrySummary | None:
         if entry is None:
             return None
-        return cls(**entry.model_dump(include=set(cls.model_fields)))
+        fields = entry.model_dump(include=set(cls.model_fields))
+        return cls(**fields, measured_on=entry.measured_on)
 
 
 class GateReport(Report):
@@ -219,16 +238,47 @@ def same_inputs_rule(candidate: Candidate, champion: Candidate | None) -> Rule:
     return Rule(name="new_inputs", passed=not same, reason=reason)
 
 
+def paired_rule(
+    name: str,
+    correct_candidate: np.ndarray,
+    correct_champion: np.ndarray,
+    margin: float,
+    gate: GateConfig,
+    where: str,
+) -> Rule:
+    """The one paired comparison (module doc): passed when accuracy(candidate) -
+    accuracy(champion) on these images is shown above -`margin` (0: the candidate is shown
+    better) at `gate.confidence`; `where` names the images in the reason."""
+    if margin >= 1:  # gate.max_regression 1: any loss is allowed, nothing to show
+        return Rule(
+            name=name,
+            passed=True,
+            reason=f"{where}: not compared, gate.max_regression is 1 (any regression allowed)",
+        )
+    test = paired_score_test(correct_candidate, correct_champion, margin, gate.confidence)
+    claim = "is better" if margin == 0 else f"trails by less than gate.max_regression {margin:.4f}"
+    verdict = "shown" if test.passed else "not shown"
+    sign = ">" if test.passed else "<="
+    return Rule(
+        name=name,
+        passed=test.passed,
+        reason=f"{where}: {verdict} that the candidate {claim}: accuracy "
+        f"{correct_candidate.mean():.4f} vs {correct_champion.mean():.4f}, difference "
+        f"{test.difference:+.4f}, {test.wins} won and {test.losses} lost of {test.images}; "
+        f"{gate.confidence:.0%} lower bound {test.lower_bound:+.4f} {sign} {-margin:+.4f} "
+        f"(score test z = {test.statistic:.2f})",
+    )
+
+
 def regression_rule(
     correct_candidate: np.ndarray,
     correct_champion: np.ndarray,
     champion_id: str,
     gate: GateConfig,
-    seed: int,
     left_out: int = 0,
 ) -> Rule:
-    """Non-inferiority on the champion's test set by a paired bootstrap (see the module doc);
-    `left_out`: champion test images not scored because the candidate trained on them."""
+    """Non-inferiority on the champion's test set (rule 3); `left_out`: champion test images
+    not scored because the candidate trained on them."""
     if len(correct_champion) == 0:
         return Rule(
             name="no_regression",
@@ -236,32 +286,10 @@ def regression_rule(
             reason=f"cannot be compared with champion {champion_id}: all {left_out} of its test "
             "images are in the candidate's train or validation split",
         )
-    result = paired_bootstrap(
-        correct_candidate,
-        correct_champion,
-        gate.bootstrap_samples,
-        gate.confidence,
-        seed,
-        margin=gate.max_regression,
-    )
-    allowed = 1 - gate.confidence
-    passed = result.worse_probability <= allowed
-    if passed:
-        verdict = "not worse than"
-    elif result.difference < -gate.max_regression:
-        verdict = "worse than"
-    else:  # close, but the resamples leave it more than the margin behind too often
-        verdict = "not shown to be within gate.max_regression of"
-    sign = "<=" if passed else ">"
     skipped = f" ({left_out} left out: the candidate trained on them)" if left_out else ""
-    return Rule(
-        name="no_regression",
-        passed=passed,
-        reason=f"{verdict} champion {champion_id} on its {len(correct_champion)} test images"
-        f"{skipped}: accuracy difference {result.difference:+.4f} ({gate.confidence:.0%} "
-        f"interval [{result.low:+.4f}, {result.high:+.4f}]); it trails by more than "
-        f"gate.max_regression {gate.max_regression:.4f} in {result.worse_probability:.3f} of "
-        f"{gate.bootstrap_samples} paired resamples {sign} {allowed:.3f} allowed",
+    where = f"against champion {champion_id} on its {len(correct_champion)} test images{skipped}"
+    return paired_rule(
+        "no_regression", correct_candidate, correct_champion, gate.max_regression, gate, where
     )
 
 

@@ -1,11 +1,23 @@
 """The registry of candidate models: `models/registry/registry.json` and one folder per candidate.
 
-The promote stage is the only writer; it keeps the registry across `dvc repro` runs (the output
-is declared `persist: true`). Every candidate the gate has judged is kept, promoted or not, so
-the history can be audited: its files are copied into `models/registry/<id>/` (weights, card,
-the ONNX folder and the test set it was judged on, `test.npz`), each with its sha256, and
-`registry.json` records its metrics, data version, params hash, parent (the champion when it
-arrived), status and the reasons of the last decision, plus an append-only list of events.
+Promote, continual learning and package write it (one at a time, below); it keeps the registry
+across `dvc repro` runs (the output is declared `persist: true`). Every candidate the gate has
+judged is kept, promoted or not, so the history can be audited: its files are copied into
+`models/registry/<id>/` (weights, card, the ONNX folder and the test set it was judged on,
+`test.npz`), each with its sha256, and `registry.json` records its metrics, data version, params
+hash, parent (the champion when it arrived), status and the reasons of the last decision, plus an
+append-only list of events.
+
+Writers (promote, continual learning, package) hold the registry lock (`tasks.registry.lock`)
+for their whole read-decide-write. Crash consistency: `registry.json` is the one commit point.
+A new entry's files are copied into a hidden folder with a unique name
+(``.<id>.<random>.partial``) and renamed to ``<id>/`` when complete; only then is the new
+`registry.json` written, to a unique temporary file renamed over the old one
+(`tasks.core.io.write_bytes_atomically`). A kill at any moment therefore leaves the old
+`registry.json` or the new one, each consistent with its folders; what an interrupted writer
+left behind (a ``.partial`` folder, a ``.tmp`` file, a complete folder that no `registry.json`
+lists yet) is garbage that no reader looks at. ``python -m tasks.registry --verify`` names it
+(`tasks.registry.recovery`) and ``--clean`` removes it under the lock.
 
 Torch-free on purpose: a serving process that runs the champion's ONNX file can call
 :func:`champion` without importing torch.
@@ -16,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +49,7 @@ ONNX_FOLDER = "onnx"
 TEST_SET = "test.npz"
 # reports/compress.json "served" -> the file inside the ONNX folder that is served
 SERVED_FILES = {"onnx_int8": "model.int8.onnx", "onnx_fp32": "model.onnx"}
+PARTIAL_SUFFIX = ".partial"  # of a candidate's folder while its files are copied
 ID_LENGTH = 12  # hex digits of a candidate id: short enough to read, 48 bits against collisions
 _CHUNK = 1 << 22
 
@@ -97,6 +111,28 @@ class Candidate(Record):
     reasons: list[str]  # of the latest decision about it
     # set for continual learning's challengers only; registries written before it load unchanged
     lineage: Lineage | None = None
+    # what `accuracy` (and test.npz) is: pipeline_test_set() or continual_test_set(); None in
+    # registries written before it, where `measured_on` derives it the same way
+    test_set: str | None = None
+
+    @property
+    def measured_on(self) -> str:
+        """The test set its `accuracy` was measured on (the registry table's column)."""
+        if self.test_set:
+            return self.test_set
+        if self.lineage is not None and self.parent:
+            return continual_test_set(self.parent, self.lineage.batch)
+        return pipeline_test_set(self.data_version)
+
+
+def pipeline_test_set(data_version: str) -> str:
+    """A pipeline candidate's test set: the packed test split of `data_version`."""
+    return f"pipeline test split {data_version}"
+
+
+def continual_test_set(parent: str, batch: str) -> str:
+    """A continual challenger's test set: its parent's registered test set + the batch's part."""
+    return f"test set of {parent} + batch {batch} test part"
 
 
 class Event(Record):
@@ -183,14 +219,18 @@ def store_files(
 ) -> dict[str, StoredFile]:
     """Copy a candidate's files into `registry_dir/<identity>/`; their checksums by path.
 
-    The copy is made in a hidden folder and renamed into place, so a folder named after a
-    candidate is always complete; a leftover of an interrupted run is replaced.
+    The copy is made in a hidden folder with a unique name and renamed into place, so a folder
+    named after a candidate is always complete; a leftover of an interrupted run (a folder that
+    no registry.json lists) is replaced. Call it holding the registry lock, before the
+    registry.json that lists the candidate is saved.
     """
-    staging = registry_dir / f".{identity}.partial"
+    registry_dir.mkdir(parents=True, exist_ok=True)
     final = registry_dir / identity
-    for leftover in (staging, final):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+    if final.exists():
+        shutil.rmtree(final)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{identity}.", suffix=PARTIAL_SUFFIX, dir=registry_dir)
+    )
     (staging / ONNX_FOLDER).mkdir(parents=True)
     for name in (WEIGHTS, CARD):
         shutil.copyfile(models_dir / name, staging / name)
@@ -308,10 +348,6 @@ def integrity_problems(registry_dir: Path) -> list[str]:
         problems.append(f"champion is {registry.champion}, but status champion is on {crowned}")
     if registry.champion and registry.champion not in ids:
         problems.append(f"champion {registry.champion} is not among the candidates")
-    folders = (
-        {p.name for p in registry_dir.iterdir() if p.is_dir()} if registry_dir.exists() else set()
-    )
-    problems += [f"folder {name} is not in {REGISTRY_FILE}" for name in sorted(folders - set(ids))]
     known = {e.candidate for e in registry.events}
     problems += [f"{i} has no event in the history" for i in ids if i not in known]
     return problems

@@ -26,7 +26,7 @@ from tasks.reporting.html import code, note, png_figure, text
 # tests/code/test_report.py checks that they agree with the writers'.
 REGISTRY_FILE = "registry.json"  # tasks.registry.store: models/registry/registry.json
 MONITOR_FOLDER = "monitor"  # tasks.monitoring.report: reports/monitor/<UTC time>.json
-MONITOR_STATE = "state.json"  # tasks.monitoring.report: the monitor's state, not a check
+MONITOR_STATE = "state.json"  # tasks.monitoring.state: the monitor's state, not a check
 CONTINUAL_FOLDER = "continual"  # tasks.continual.report: reports/continual/<version>.json
 
 

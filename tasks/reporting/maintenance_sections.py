@@ -135,36 +135,44 @@ def _verdict(status: object) -> str:
 
 
 def _tests(inputs: SectionInputs, check: dict[str, Any], folder: Path) -> str:
-    """The tests of one check, each with its statistic, threshold and samples; its plot."""
+    """The tests of one check, each with its raw and Holm-adjusted p-value, its effect size and
+    thresholds, and its samples; its plot."""
     rows = []
     for test in sequence(check, "tests"):
         if not isinstance(test, dict):
             continue
         drift = test.get("drift")
-        figure = test.get("p_value") if "p_value" in test else test.get("value")
         samples = mapping(test, "samples")
+        effect = test.get("effect")
         rows.append(
             [
                 text(test.get("name")),
                 badge("drift" if drift else "no drift", not drift)
                 if isinstance(drift, bool)
                 else ABSENT,
-                significant(test.get("statistic"), 3),
-                significant(figure, 3),
-                significant(test.get("threshold"), 3),
+                significant(test.get("p_value"), 3),
+                significant(test.get("adjusted_p"), 3),
+                significant(test.get("level"), 3),
+                f"{text(effect)} {significant(test.get('effect_value'), 3)}" if effect else "",
+                significant(test.get("effect_threshold"), 3) if effect else "",
                 f"{number(samples.get('reference'))} / {number(samples.get('served'))}",
                 text(test.get("note")) if test.get("note") else "",
             ]
         )
-    headers = ["test", "result", "statistic", "p-value or value", "threshold"]
-    headers += ["reference / served samples", "note"]
+    headers = ["test", "result", "p-value", "Holm-adjusted p", "level", "effect size"]
+    headers += ["effect threshold", "reference / served samples", "note"]
     parts = [
         f"<h3>Tests of the newest check with a verdict ({moment(check.get('created'))})</h3>",
-        table(headers, rows, numeric=[2, 3, 4, 5]),
+        paragraph(
+            "One family-wise verdict: drift when a test's Holm-adjusted p is at most the level "
+            "(monitor.false_alarm_rate) and, where it has one, its effect size is above its "
+            "threshold. " + text(dig(check, "continual", "message") or "")
+        ),
+        table(headers, rows, numeric=[2, 3, 4, 6, 7]),
     ]
     plot = check.get("plot")
     if isinstance(plot, str) and PLOT_NAME.fullmatch(plot):
-        caption = "reference (training data) against served, each panel titled with its tests"
+        caption = "reference (the champion's test images) against served, panels titled by test"
         parts.append(inputs.figure(folder / plot, caption, MONITOR))
     return "".join(parts)
 

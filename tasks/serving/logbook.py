@@ -40,6 +40,7 @@ QUEUE_RECORDS = 10_000  # records waiting to be written at most (a few MB); more
 LINES_PER_WRITE = 512  # records joined into one write and flush
 EMBEDDING_FIELD = "embedding"  # the record's embedding; `tasks.monitoring.served` reads it
 EMBEDDING_DIGITS = 4  # significant digits of each logged embedding value
+CONFIDENCE_DECIMALS = 6  # decimals of the logged confidence (the monitor's reference rounds alike)
 _STOP = object()
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def prediction_record(
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "model_version": version,
         "label": prediction.label,
-        "confidence": round(prediction.confidence, 6),
+        "confidence": round(prediction.confidence, CONFIDENCE_DECIMALS),
         "width": image.width,
         "height": image.height,
         "channels": image.channels,

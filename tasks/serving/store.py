@@ -82,8 +82,9 @@ def _is_latest(model: bentoml.Model) -> bool:
     return latest is not None and latest.tag == model.tag
 
 
-def save_champion(layout: Layout) -> str:
-    """Save the registry's champion into the project's BentoML store; returns its tag.
+def save_champion(layout: Layout, files: EntryFiles | None = None) -> str:
+    """Save the registry's champion (or `files`, a registered model about to become it) into
+    the project's BentoML store; returns its tag.
 
     Saving the champion that is already the latest model does nothing. A champion saved before
     but no longer the latest (a rollback to an earlier champion) is saved again, so that
@@ -94,7 +95,7 @@ def save_champion(layout: Layout) -> str:
             of its files is missing or changed.
     """
     check_home(layout)
-    files = champion(layout.registry_dir)  # checksums verified
+    files = files or champion(layout.registry_dir)  # checksums verified
     tag = f"{MODEL_NAME}:{files.entry.id}"
     existing = _saved(tag)
     if existing is not None:

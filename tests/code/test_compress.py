@@ -1,5 +1,6 @@
 """The compress stage on a tiny model built here: ONNX export with the preprocessing inside,
-int8 quantization, the served-model rule, the shared classifier and its refusals."""
+int8 quantization, the served-model rule, the shared classifier and its refusals, and continual
+learning's export, which is the same code."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from tasks.compress import compress, summary_line
 from tasks.compression.export import check_matches, classifier_module, torch_probabilities
@@ -23,6 +25,7 @@ from tasks.compression.report import (
     served_model_path,
 )
 from tasks.compression.runtime import OnnxClassifier
+from tasks.continual.release import export_challenger
 from tasks.core.config import load_params, with_overrides
 from tasks.core.errors import MissingInput, UserError
 from tasks.core.layout import Layout
@@ -198,3 +201,36 @@ def test_latency_is_per_image_and_a_small_split_is_repeated_to_fill_the_batch() 
     latency = latency_ms_per_image({"a": lambda b: seen.append(len(b))}, images, 4, repeats=7)
     assert set(seen) == {4} and len(seen) == 7 + 3 * 2  # timed runs + warm-up per block
     assert latency["a"] > 0
+
+
+def test_continual_learnings_export_is_the_stages_with_the_embedding_check(
+    compressed, tmp_path: Path
+) -> None:
+    """One export path: continual learning's `export_challenger` runs the stage's code, so the
+    same model gives the same served choice and the same graph; and it refuses a network whose
+    ONNX embeddings differ from torch's though its probabilities match (the check the old
+    continual export had lost)."""
+    layout, report = compressed
+    network, card = load_model(layout.models_dir)
+    params = with_overrides(
+        load_params(REPO_ROOT / "params.yaml"),
+        {"compress.latency_repeats": 2, "compress.calibration_images": 16, "compress.threads": 1},
+    )
+    train = np.load(layout.packed_dir / "train_x.npy")
+    test = (np.load(layout.packed_dir / "test_x.npy"), np.load(layout.packed_dir / "test_y.npy"))
+    served, reason = export_challenger(network, card, tmp_path / "same", train, test, params)
+    assert served == report.served and reason.startswith(f"serving {served}: int8 accuracy")
+    images = tiny_images(9, seed=5)
+    stage = OnnxClassifier(layout.onnx_dir / FP32_FILE, threads=1).outputs(images)
+    mine = OnnxClassifier(tmp_path / "same" / "onnx" / FP32_FILE, threads=1).outputs(images)
+    for theirs, ours in zip(stage, mine, strict=True):
+        np.testing.assert_array_equal(theirs, ours)
+
+    # embeddings of about 1e6 (the last batch norm scaled up, the head down by as much): the
+    # probabilities stay within compress.atol, the float32 embeddings do not
+    with torch.no_grad():
+        network.features[6][1].weight.mul_(1e8)
+        network.features[6][1].bias.mul_(1e8)
+        network.head[1].weight.mul_(1e-8)
+    with pytest.raises(UserError, match=r"embeddings differ from torch's .* compress\.atol"):
+        export_challenger(network, card, tmp_path / "scaled", train, test, params)

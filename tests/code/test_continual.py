@@ -1,6 +1,7 @@
 """Continual learning's parts, without training: the config, the batch's split, the leakage check,
-the replay sample, the decision rule both ways and the registry's lineage field (registries
-written before it existed still load)."""
+the replay sample and its pool (no image of a registered test set), the decision rules both ways
+(the promotion gate's one paired rule) and the registry's lineage field (registries written
+before it existed still load)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ from tasks.continual.batch import (
 )
 from tasks.continual.decision import forgetting_rule, gain_rule
 from tasks.continual.learning import finetune_params, replay_count, replay_sample
+from tasks.continual.replay import registered_test_images, replay_pool
 from tasks.continual.run import parse_arguments
 from tasks.core.config import load_params, with_overrides
 from tasks.core.errors import ConfigError
+from tasks.data.leakage import perceptual_hashes
 from tasks.registry.store import (
+    TEST_SET,
     Candidate,
     Lineage,
     Registry,
@@ -33,6 +37,8 @@ from tasks.registry.store import (
     load_registry,
     record_decision,
     save_registry,
+    save_test_set,
+    sha256_file,
 )
 from tests.conftest import REPO_ROOT
 from tests.images import noise
@@ -49,7 +55,9 @@ def test_the_continual_section_is_typed_and_checked(tmp_path: Path) -> None:
     assert 0 < PARAMS.continual.lr < PARAMS.train.lr  # fine-tuning starts from trained weights
     for key, value, expected in (
         ("test_fraction", 1.5, "continual.test_fraction"),
-        ("max_forgetting", -0.1, "continual.max_forgetting"),
+        ("replay_fraction", -0.1, "continual.replay_fraction"),
+        ("max_forgetting", 0.01, "continual.max_forgetting"),  # gone: gate.max_regression
+        ("min_gain", 0.0, "continual.min_gain"),  # gone: the gate's superiority rule
         ("epochs", 0, "continual.epochs"),
         ("replay", 1.0, "continual.replay"),  # unknown key
     ):
@@ -158,18 +166,81 @@ def test_the_replay_sample_is_seeded_and_bounded() -> None:
 # --------------------------------------------------------------------------- the decision
 
 
-def test_gain_on_new_data_both_ways() -> None:
-    assert gain_rule(champion=0.2, challenger=0.95, min_gain=0.0).passed
-    assert not gain_rule(champion=0.9, challenger=0.9, min_gain=0.0).passed  # strictly better
-    refused = gain_rule(champion=0.80, challenger=0.85, min_gain=0.1)
-    assert not refused.passed and "continual.min_gain" in refused.reason
+def _verdicts(right: int, wrong: int) -> np.ndarray:
+    return np.array([True] * right + [False] * wrong)
 
 
-def test_forgetting_both_ways() -> None:
-    assert forgetting_rule(champion=1.0, challenger=0.99, max_forgetting=0.01).passed  # the limit
-    assert forgetting_rule(champion=0.95, challenger=0.97, max_forgetting=0.0).passed
-    refused = forgetting_rule(champion=1.0, challenger=0.98, max_forgetting=0.01)
-    assert not refused.passed and "continual.max_forgetting" in refused.reason
+def test_the_gain_must_be_shown_not_only_seen() -> None:
+    gate = PARAMS.gate
+    champion = _verdicts(20, 100)
+    assert gain_rule(_verdicts(110, 10), champion, gate).passed  # far better on the new data
+    # 2 more right of 120 is better as a point estimate, but not shown at 95 %
+    refused = gain_rule(_verdicts(22, 98), champion, gate)
+    assert not refused.passed and "not shown that the candidate is better" in refused.reason
+    assert not gain_rule(champion, champion, gate).passed  # a tie is no gain
+
+
+def test_forgetting_is_the_promotion_gates_no_regression_rule() -> None:
+    gate = with_overrides(PARAMS, {"gate.max_regression": 0.02}).gate
+    champion = _verdicts(270, 0)
+    assert forgetting_rule(champion, champion, gate).passed
+    one_lost = _verdicts(269, 1)  # 0.0037 below: shown within 0.02 on 270 images
+    assert forgetting_rule(one_lost, champion, gate).passed
+    # 0.0074 below: a point estimate within the margin, but 270 images cannot show it is
+    refused = forgetting_rule(_verdicts(268, 2), champion, gate)
+    assert not refused.passed and "gate.max_regression 0.0200" in refused.reason
+    assert "0 won and 2 lost of 270" in refused.reason
+
+
+# --------------------------------------------------------------------------- replay pool
+
+
+def _register_test_set(registry_dir: Path, identity: str, images: np.ndarray) -> Candidate:
+    """A registry entry whose only stored file is its test set (what replay reads)."""
+    folder = registry_dir / identity
+    folder.mkdir(parents=True)
+    save_test_set(folder / TEST_SET, images, np.zeros(len(images), dtype=np.int64))
+    stored = StoredFile(sha256=sha256_file(folder / TEST_SET), bytes=1)
+    return _candidate(identity).model_copy(update={"files": {TEST_SET: stored}})
+
+
+def test_a_registered_test_image_planted_in_the_train_split_is_never_replayed(
+    tmp_path: Path,
+) -> None:
+    """Acceptance: images of any registered test set (the champion's and a retired model's)
+    planted in the packed train split, as a copy and as a near duplicate (another pixel, the
+    same perceptual hash), are left out of the replay pool and counted; the rest stay."""
+    champion_test, retired_test = _images([100, 101, 102]), _images([200, 201])
+    registry = record_decision(
+        Registry.create(), _register_test_set(tmp_path, "old", retired_test), True, ["1"], "t0"
+    )
+    registry = record_decision(
+        registry, _register_test_set(tmp_path, "new", champion_test), True, ["2"], "t1"
+    )
+    # a rejected candidate of the same split: the same test set, read once
+    same = _register_test_set(tmp_path, "same", champion_test)
+    registry = record_decision(registry, same, False, ["3"], "t2")
+    save_registry(registry, tmp_path)
+    near = retired_test[1].copy()
+    near[0, 0, 0] ^= 1  # one bit of one pixel: other bytes, the same perceptual hash
+    assert near.tobytes() != retired_test[1].tobytes()
+    assert perceptual_hashes(near[None])[0] == perceptual_hashes(retired_test[1:])[0]
+    clean = _images(list(range(10)))
+    images = np.concatenate([clean[:4], champion_test[1:2], clean[4:8], near[None], clean[8:]])
+    labels = np.arange(len(images)) % 3
+    planted = images.copy()  # the split as it was before replay looked at it
+
+    pool = replay_pool((images, labels), registered_test_images(tmp_path), max_distance=0)
+    assert pool.excluded == {"exact": 1, "near": 1, "test_sets": 2}
+    kept_images, kept_labels = pool.split
+    assert np.array_equal(kept_images, clean)
+    assert np.array_equal(kept_labels, np.delete(labels, [4, 9]))  # labels stay with images
+    assert np.array_equal(images, planted)
+    replayed, _ = replay_sample(pool.split, replay_count(100, len(kept_labels), 1.0), seed=0)
+    registered = {image.tobytes() for image in (*champion_test, *retired_test, near)}
+    assert len(replayed) == 10 and not {image.tobytes() for image in replayed} & registered
+    nothing = replay_pool((clean, labels[:10]), [], max_distance=0)
+    assert nothing.excluded == {"exact": 0, "near": 0, "test_sets": 0}
 
 
 # --------------------------------------------------------------------------- lineage

@@ -1,6 +1,8 @@
 """The drift tests on seeded samples: each finds a real shift and stays quiet on a sample of the
-same distribution; too few records give no verdict; the prediction log is read since a time
-across rotated files; the embeddings are the input of the network's head.
+same distribution; Holm's correction and the effect sizes make one family-wise verdict whose
+false-alarm rate stays at its level; drift verdicts in a row are counted before continual
+learning; too few records give no verdict; the prediction log is read since a time across
+rotated files; the embeddings are the input of the network's head.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import yaml
 from tasks.core.config import load_params
 from tasks.core.config_release import MonitorConfig
 from tasks.core.layout import Layout
-from tasks.monitoring import drift
+from tasks.monitoring import drift, psi
 from tasks.monitoring.drift import Sample, judge
 from tasks.monitoring.served import EMBEDDING_FIELD, read_log, served_sample
 
-CONFIG = MonitorConfig()  # the documented defaults: p 0.01, PSI 0.2, confidence drop 0.05
+CONFIG = MonitorConfig()  # the documented defaults: level 0.01, PSI 0.2, confidence drop 0.05
 CLASSES = [str(digit) for digit in range(10)]
 
 
@@ -56,57 +58,63 @@ def sample(seed: int, size: int, shift: float = 0.0, shares: list[float] = UNIFO
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ks_finds_a_shifted_mean_and_not_a_resample(seed: int) -> None:
     reference = normal(seed, 500)
-    assert drift.ks_test("mean", reference, normal(seed + 10, 100, shift=0.6), 0.01).drift
-    quiet = drift.ks_test("mean", reference, normal(seed + 10, 100), 0.01)
-    assert quiet.drift is False and quiet.p_value > 0.01
+    assert drift.ks_test("mean", reference, normal(seed + 10, 100, shift=0.6), 0.01).p_value < 0.001
+    assert drift.ks_test("mean", reference, normal(seed + 10, 100), 0.01).p_value > 0.01
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_psi_finds_a_wider_spread_and_not_a_resample(seed: int) -> None:
     reference = normal(seed, 500)
-    assert drift.psi_test("std", reference, normal(seed + 10, 100, scale=2.0), 0.2).drift
-    quiet = drift.psi_test("std", reference, normal(seed + 10, 100), 0.2)
-    assert quiet.drift is False and quiet.value < 0.2
+    bins = psi.psi_bins(500, 100, 0.2)
+    assert psi.psi(reference, normal(seed + 10, 100, scale=2.0), bins) > 0.2
+    assert psi.psi(reference, normal(seed + 10, 100), bins) < 0.2
 
 
 def test_psi_bins_keep_its_noise_under_the_threshold() -> None:
-    assert drift.psi_bins(500, 50, 0.2) == 3
-    assert drift.psi_bins(500, 5000, 0.2) == drift.MAX_PSI_BINS
+    assert psi.psi_bins(500, 50, 0.2) == 3
+    assert psi.psi_bins(500, 5000, 0.2) == psi.MAX_PSI_BINS
     # 50 records of the reference's own distribution, 200 times: PSI stays under the threshold
     values = [
-        drift.psi(normal(0, 500), normal(seed, 50), drift.psi_bins(500, 50, 0.2))
-        for seed in range(200)
+        psi.psi(normal(0, 500), normal(seed, 50), psi.psi_bins(500, 50, 0.2)) for seed in range(200)
     ]
     assert np.mean(np.array(values) > 0.2) < 0.02
 
 
 def test_psi_sees_a_new_size_against_a_constant_one() -> None:
     eights = np.full(500, 8.0)
-    assert drift.psi(eights, np.full(60, 8.0), 10) == 0.0
-    assert drift.psi(eights, np.full(60, 16.0), 10) > 5
-    assert drift.ks_test("width", eights, np.full(60, 8.0), 0.01).drift is False
+    assert psi.psi(eights, np.full(60, 8.0), 10) == 0.0
+    assert psi.psi(eights, np.full(60, 16.0), 10) > 5
+    assert drift.ks_test("width", eights, np.full(60, 8.0), 0.01).p_value == 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_chi_square_finds_a_label_shift_and_not_a_resample(seed: int) -> None:
     reference = labels(seed, 300, UNIFORM)
-    assert drift.label_test(reference, labels(seed + 10, 200, SKEWED), CLASSES, 0.01).drift
+    found = drift.label_test(reference, labels(seed + 10, 200, SKEWED), CLASSES, 0.01)
+    assert found.p_value < 0.001
     quiet = drift.label_test(reference, labels(seed + 10, 200, UNIFORM), CLASSES, 0.01)
-    assert quiet.drift is False and quiet.p_value > 0.01
+    assert quiet.p_value > 0.01
 
 
 def test_a_label_the_reference_never_predicted_counts() -> None:
     reference = labels(0, 300, UNIFORM)
     served = np.concatenate([labels(1, 100, UNIFORM), np.full(40, "cat")])
-    assert drift.label_test(reference, served, CLASSES, 0.01).drift
+    assert drift.label_test(reference, served, CLASSES, 0.01).p_value < 0.001
 
 
-def test_the_confidence_drop_is_judged_by_its_threshold() -> None:
-    reference = np.full(300, 0.98)
-    dropped = drift.confidence_test(reference, np.full(100, 0.90), 0.05)
-    assert dropped.drift and dropped.value == pytest.approx(0.08)
-    assert drift.confidence_test(reference, np.full(100, 0.96), 0.05).drift is False
-    assert drift.confidence_test(reference, np.full(100, 0.999), 0.05).drift is False
+def test_the_confidence_needs_both_a_significant_fall_and_a_large_drop() -> None:
+    generator = np.random.default_rng(0)
+    reference = np.clip(generator.normal(0.98, 0.01, 300), 0, 1)
+    dropped = drift.confidence_test(reference, reference[:100] - 0.08, 0.05, 0.01)
+    assert dropped.p_value < 1e-6 and dropped.effect_value == pytest.approx(0.08, abs=0.005)
+    assert drift.decide([dropped])[0].drift is True
+    # significant, but a drop of 0.02 is under confidence_drop: no drift
+    small = drift.confidence_test(reference, reference[:100] - 0.02, 0.05, 0.01)
+    assert small.p_value < 1e-6 and drift.decide([small])[0].drift is False
+    # higher confidence is no drift (one-sided), nor are equal values
+    higher = drift.confidence_test(reference, np.full(100, 0.999), 0.05, 0.01)
+    assert higher.p_value > 0.5 and drift.decide([higher])[0].drift is False
+    assert drift.confidence_test(np.ones(300), np.ones(100), 0.05, 0.01).p_value == 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -114,10 +122,10 @@ def test_mmd_finds_moved_embeddings_and_not_a_resample(seed: int) -> None:
     generator = np.random.default_rng(seed)
     reference = generator.normal(0, 1, (300, 16))
     moved = generator.normal(0.3, 1, (100, 16))  # a third of a std in every dimension
-    found = drift.mmd_test(reference, moved, 200, 500, 0.01, seed)
-    assert found.drift and found.p_value == pytest.approx(1 / 201)
-    quiet = drift.mmd_test(reference, generator.normal(0, 1, (100, 16)), 200, 500, 0.01, seed)
-    assert quiet.drift is False and quiet.p_value > 0.05
+    found = drift.mmd_test(reference, moved, 2000, 500, 0.01, seed)
+    assert found.p_value == pytest.approx(1 / 2001)
+    quiet = drift.mmd_test(reference, generator.normal(0, 1, (100, 16)), 2000, 500, 0.01, seed)
+    assert quiet.p_value > 0.05
 
 
 def test_mmd_is_seeded_and_subsamples_to_its_limit() -> None:
@@ -138,18 +146,66 @@ def test_mmd_equals_the_plain_formula() -> None:
     assert drift.mmd_test(x, y, 10, 100, 0.01, 0).statistic == pytest.approx(plain, abs=1e-6)
 
 
-def test_the_verdict_is_drift_when_any_test_says_so() -> None:
+def test_holm_matches_its_definition() -> None:
+    # sorted 0.001, 0.01, 0.02, 0.5: times 4, 3, 2, 1, then the running maximum
+    assert drift.holm([0.02, 0.001, 0.5, 0.01]) == pytest.approx([0.04, 0.004, 0.5, 0.03])
+    assert drift.holm([0.3, 0.3]) == pytest.approx([0.6, 0.6])
+    assert drift.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert drift.holm([]) == []
+
+
+def test_only_the_adjusted_p_decides() -> None:
+    tests = [
+        drift.DriftTest(f"t{i}", None, 0.01, p_value=p)
+        for i, p in enumerate([0.004, 0.2, 0.3, 0.5])
+    ]
+    # 0.004 alone would pass 0.01; among four tests Holm makes it 0.016: no drift
+    decided = drift.decide(tests)
+    assert decided[0].adjusted_p == pytest.approx(0.016) and decided[0].drift is False
+    decided = drift.decide([*tests[:1], drift.skipped("mmd:embedding", 0.01, "none")])
+    assert decided[0].drift is True and decided[1].drift is None  # a skipped test is no member
+
+
+def test_a_tiny_shift_in_a_large_sample_is_significant_but_not_drift() -> None:
+    reference, served = normal(0, 5000), normal(1, 5000, shift=0.1)
+    test = drift.with_psi(drift.ks_test("mean", reference, served, 0.01), reference, served, 0.2)
+    (decided,) = drift.decide([test])
+    assert decided.significant and decided.effect_value < 0.2 and decided.drift is False
+    served = normal(1, 5000, shift=1.0)
+    test = drift.with_psi(drift.ks_test("mean", reference, served, 0.01), reference, served, 0.2)
+    assert drift.decide([test])[0].drift is True
+
+
+def test_the_verdict_is_drift_when_any_test_drifts() -> None:
     reference = sample(0, 500)
     quiet = judge(reference, sample(1, 120), CLASSES, CONFIG, seed=0)
-    assert quiet.drift is False and quiet.reason.startswith("no drift: 11 test(s)")
-    assert all(test.drift is False for test in quiet.tests)
+    assert quiet.drift is False and quiet.reason.startswith("no drift: 8 test(s) on 120 records")
+    assert all(test.drift is False and test.adjusted_p >= test.p_value for test in quiet.tests)
     shifted = judge(reference, sample(1, 120, shift=1.0), CLASSES, CONFIG, seed=0)
     assert shifted.drift is True
     drifted = {test.name for test in shifted.tests if test.drift}
-    assert {"ks:mean", "confidence_drop", "mmd:embedding"} <= drifted
+    assert {"ks:mean", "mannwhitney:confidence", "mmd:embedding"} <= drifted
     assert "ks:std" not in drifted and "ks:width" not in drifted
+    assert "ks:mean (p " in shifted.reason and ", psi " in shifted.reason
     relabelled = judge(reference, sample(1, 120, shares=SKEWED), CLASSES, CONFIG, seed=0)
-    assert {test.name for test in relabelled.tests if test.drift} == {"chi2:predicted_label"}
+    relabelled_drift = {test.name for test in relabelled.tests if test.drift}
+    assert "chi2:predicted_label" in relabelled_drift
+    assert relabelled_drift <= {"chi2:predicted_label", "fisher:class_share"}
+    (entry,) = [t.as_json() for t in shifted.tests if t.name == "ks:mean"]
+    assert {"p_value", "adjusted_p", "effect", "effect_value", "effect_threshold"} <= set(entry)
+
+
+def test_clean_samples_alarm_at_most_at_the_level() -> None:
+    # 200 seeded clean checks of the cheap tests (no MMD): Holm keeps the family-wise rate at
+    # or below 0.01, so more than 4 alarms (2 %) would be a broken correction (binomial
+    # chance of > 4 alarms at 0.01: about 5 %, and Holm is conservative here)
+    reference = sample(0, 500)
+    alarms = 0
+    for seed in range(1, 201):
+        served = sample(seed, 50)
+        blind = Sample(served.features, served.labels, served.confidences, None)
+        alarms += bool(judge(reference, blind, CLASSES, CONFIG, seed=0).drift)
+    assert alarms <= 4
 
 
 def test_too_few_records_give_no_verdict() -> None:
@@ -163,7 +219,12 @@ def test_model_tests_are_skipped_without_champion_records_or_embeddings() -> Non
     few = Sample(served.features, served.labels[:10], served.confidences[:10], None)
     verdict = judge(sample(0, 500), few, CLASSES, CONFIG, seed=0)
     skipped = {test.name: test.note for test in verdict.tests if test.drift is None}
-    assert set(skipped) == {"chi2:predicted_label", "confidence_drop", "mmd:embedding"}
+    assert set(skipped) == {
+        "chi2:predicted_label",
+        "fisher:class_share",
+        "mannwhitney:confidence",
+        "mmd:embedding",
+    }
     assert verdict.drift is False  # the image statistics were judged
     blind = Sample(served.features, served.labels, served.confidences, None)
     (mmd,) = [t for t in judge(sample(0, 500), blind, CLASSES, CONFIG, 0).tests if "mmd" in t.name]
@@ -287,3 +348,129 @@ def test_embeddings_of_another_size_are_not_compared() -> None:
     tests = judge(sample(0, 500), wider, CLASSES, CONFIG, seed=0).tests
     (mmd,) = [test for test in tests if test.name == "mmd:embedding"]
     assert mmd.drift is None and "32 dimensions, the champion's 16" in mmd.note
+
+
+def test_continual_learning_waits_for_consecutive_drift_verdicts() -> None:
+    from tasks.monitoring.state import MonitorState, decide_continual
+
+    def run(verdicts: list[bool | None], needed: int = 2) -> list[tuple[int, bool]]:
+        state, seen = MonitorState(champion="c1"), []
+        for verdict in verdicts:
+            count, decision = decide_continual(state, verdict, "c1", needed)
+            seen.append((decision.drift_in_a_row, decision.start))
+            state = MonitorState(champion="c1", drift_in_a_row=count)
+        return seen
+
+    # drift, drift: the second starts it and the count begins again
+    assert run([True, True, True]) == [(1, False), (2, True), (1, False)]
+    # a no-drift verdict resets; a check without a verdict neither counts nor resets
+    assert run([True, False, True, None, True]) == [
+        (1, False),
+        (0, False),
+        (1, False),
+        (1, False),
+        (2, True),
+    ]
+    assert run([True], needed=1) == [(1, True)]
+    _, first = decide_continual(MonitorState(champion="c1"), True, "c1", 2)
+    assert first.message == "drift 1 of 2 in a row: continual learning not started yet"
+    # drift verdicts about another champion do not count for the new one
+    count, decision = decide_continual(MonitorState(None, None, "old", 1), True, "new", 2)
+    assert (count, decision.start) == (1, False)
+
+
+def test_the_state_is_written_whole_and_read_back(tmp_path: Path) -> None:
+    from tasks.monitoring.state import MonitorState, read_state, state_lock, write_state
+
+    assert read_state(tmp_path) == MonitorState()
+    state = MonitorState("2026-01-01T00:00:00+00:00", "a.json", "c1", 1)
+    with state_lock(tmp_path):
+        write_state(tmp_path, state)
+    assert read_state(tmp_path) == state
+    written = sorted(path.name for path in (tmp_path / "monitor").iterdir())
+    assert written == [".state.lock", "state.json"]  # no temporary file left behind
+    # a state written before the count existed reads as a count of 0
+    (tmp_path / "monitor" / "state.json").write_text('{"until": "x", "report": "r.json"}')
+    assert read_state(tmp_path) == MonitorState("x", "r.json", None, 0)
+
+
+def test_a_verdict_on_no_record_of_the_champion_warns(tmp_path: Path) -> None:
+    from tasks.monitoring.report import ModelSummary, build_report
+    from tasks.monitoring.served import read_log
+    from tasks.monitoring.state import MonitorState, decide_continual
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    (tmp_path / "predictions-1.jsonl").write_text(
+        "".join(_record(start + timedelta(seconds=i), version="old") for i in range(3))
+    )
+    log = read_log(tmp_path, None)
+    _, continual = decide_continual(MonitorState(), False, "new", 2)
+    verdict = drift.Verdict(False, [], "no drift: 4 test(s) on 3 records")
+    report = build_report(verdict, log, ModelSummary("new", 270, 270), continual, {}, None)
+    (warning,) = report["warnings"]
+    assert warning.startswith(
+        "warning: none of the 3 judged record(s) were served by the champion new"
+    )
+    assert "\n" not in warning and "old (3)" in warning
+    served = build_report(verdict, log, ModelSummary("old", 270, 270), continual, {}, None)
+    assert served["warnings"] == []
+
+
+def test_the_reference_is_the_champions_test_images_only(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tasks.monitoring.reference import build_reference
+    from tasks.registry.store import champion, load_test_set
+    from tests.code.test_serving import make_champion
+
+    make_champion(tmp_path, seed=0, export=True)
+    layout = Layout(tmp_path)
+    test_images, _ = load_test_set(champion(layout.registry_dir).test_set)
+    splits = {"train": 20, "val": 7, "test": len(test_images)}
+    rows = [
+        {"path": f"{split}/{index}.png", "label": "a", "group": "", "split": split}
+        for split, count in splits.items()
+        for index in range(count)
+    ]
+    layout.split_file.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(layout.split_file, index=False)
+    # every split has statistics of its own: train's means are 0-19, val's 100-106, test's 200+
+    offsets = {"train": 0, "val": 100, "test": 200}
+    manifest = pd.DataFrame(
+        {
+            "path": [row["path"] for row in rows],
+            "mean": [offsets[row["split"]] + int(row["path"].split("/")[1][:-4]) for row in rows],
+            "std": 50.0,
+            "width": 8,
+            "height": 8,
+        }
+    )
+    layout.validated_manifest.parent.mkdir(parents=True)
+    manifest.to_csv(layout.validated_manifest, index=False)
+    layout.packed_dir.mkdir(parents=True)
+    np.save(layout.packed_dir / "test_x.npy", test_images)
+
+    reference = build_reference(layout)
+    assert reference.test_images == reference.statistics_images == len(test_images)
+    assert sorted(reference.sample.features["mean"]) == [200 + i for i in range(len(test_images))]
+    assert len(reference.sample.labels) == len(test_images) and reference.note == ""
+    # the packed test split is no longer the champion's registered one: no image statistics
+    np.save(layout.packed_dir / "test_x.npy", 255 - test_images)
+    resplit = build_reference(layout)
+    assert resplit.sample.features == {} and resplit.statistics_images == 0
+    assert "not the current test split" in resplit.note
+    assert len(resplit.sample.confidences) == len(test_images)  # the model side still holds
+
+
+def test_one_vanished_class_is_found_by_its_own_share_not_by_chi_square() -> None:
+    """Ten classes, 270 reference and 200 served labels with one class gone: chi-square over
+    nine degrees of freedom cannot tell at a 1 % level; the class's own Fisher test can."""
+    generator = np.random.default_rng(3)
+    reference = np.array(CLASSES * 27)
+    served = generator.choice([c for c in CLASSES if c != "7"], 200)
+    chi2 = drift.label_test(reference, served, CLASSES, 0.01)
+    share = drift.class_share_test(reference, served, CLASSES, 0.01)
+    assert chi2.p_value > 0.001
+    assert share.p_value < 1e-4 and share.note.startswith("largest shift 7: 0.100 -> 0.000")
+    same = drift.class_share_test(reference, generator.choice(reference, 200), CLASSES, 0.01)
+    assert same.p_value > 0.01

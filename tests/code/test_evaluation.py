@@ -29,7 +29,7 @@ from tasks.evaluation.metrics import (
     calibration,
     confusion_matrix,
     macro_f1,
-    paired_bootstrap,
+    paired_score_test,
     per_class_scores,
 )
 from tasks.evaluation.plots import confusion_figure, reliability_figure
@@ -115,21 +115,17 @@ def test_the_bootstrap_interval_covers_the_true_accuracy_about_as_often_as_it_sa
     assert 0.82 <= np.mean(covered) <= 0.97
 
 
-def test_the_paired_bootstrap_sees_a_better_model_and_a_tie() -> None:
+def test_the_paired_test_sees_a_better_model_and_a_tie() -> None:
     rng = np.random.default_rng(5)
     champion = rng.random(400) < 0.9
     better = champion | (rng.random(400) < 0.5)  # right wherever the champion is, and more
-    tie = paired_bootstrap(champion, champion, 500, 0.95, seed=0)
-    assert (tie.difference, tie.low, tie.high, tie.worse_probability) == (0.0, 0.0, 0.0, 0.0)
-    ahead = paired_bootstrap(better, champion, 500, 0.95, seed=0)
+    tie = paired_score_test(champion, champion, 0.0, 0.95)
+    assert (tie.difference, tie.wins, tie.losses, tie.passed) == (0.0, 0, 0, False)
+    ahead = paired_score_test(better, champion, 0.0, 0.95)
     assert ahead.difference == pytest.approx(better.mean() - champion.mean())
-    assert 0 < ahead.low <= ahead.difference <= ahead.high
-    behind = paired_bootstrap(champion, better, 500, 0.95, seed=0)
-    assert behind.worse_probability == 1.0
-    tolerated = paired_bootstrap(champion, better, 500, 0.95, seed=0, margin=0.2)
-    assert tolerated.worse_probability == 0.0
-    with pytest.raises(ValueError, match="equal, non-empty"):
-        paired_bootstrap(champion, champion[:10], 500, 0.95, seed=0)
+    assert ahead.passed and 0 < ahead.lower_bound <= ahead.difference
+    assert not paired_score_test(champion, better, 0.02, 0.95).passed
+    assert paired_score_test(champion, better, 0.2, 0.95).passed  # within a 20-point margin
 
 
 def test_a_large_bootstrap_is_drawn_in_bounded_chunks_and_stays_seeded() -> None:

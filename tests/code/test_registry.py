@@ -30,13 +30,18 @@ from tasks.registry.gate import (
 )
 from tasks.registry.store import (
     Candidate,
+    Lineage,
     RegistryError,
+    candidate_id,
     champion,
+    continual_test_set,
     integrity_problems,
     load_registry,
     load_test_set,
     record_decision,
+    save_registry,
     save_test_set,
+    store_files,
 )
 from tests.conftest import REPO_ROOT
 from tests.models import save_tiny_meta, save_tiny_model
@@ -48,7 +53,6 @@ LENIENT = {
     "gate.min_invariance": 0.0,
     "gate.min_class_accuracy": 0.0,
     "gate.require_beats_baseline": False,
-    "gate.bootstrap_samples": 200,
 }
 
 
@@ -148,8 +152,9 @@ def test_a_worse_candidate_is_rejected_and_the_champion_kept(layout: Layout) -> 
     write_reports(layout)
     report = promote(gate_params(**{"gate.max_regression": 0.05}), layout)
     assert report.decision == "rejected"
-    assert report.reasons[0].startswith(f"worse than champion {champion_id}")
-    assert "accuracy difference -" in report.reasons[0]
+    assert report.reasons[0].startswith(f"against champion {champion_id} on its 60 test images")
+    assert "not shown that the candidate trails by less than" in report.reasons[0]
+    assert "difference -" in report.reasons[0]
     registry = load_registry(layout.registry_dir)
     assert registry.champion == champion_id and report.champion.id == champion_id
     rejected = registry.entry(report.candidate.id)
@@ -217,15 +222,17 @@ def test_the_test_set_file_is_byte_stable(tmp_path: Path) -> None:
 def test_the_regression_rule_is_a_non_inferiority_test() -> None:
     gate = gate_params(**{"gate.max_regression": 0.01}).gate
     champion_correct = np.ones(500, dtype=bool)
-    same = regression_rule(champion_correct, champion_correct, "abc", gate, seed=0)
-    assert same.passed and "difference +0.0000" in same.reason
+    same = regression_rule(champion_correct, champion_correct, "abc", gate)
+    assert same.passed and "difference +0.0000, 0 won and 0 lost of 500" in same.reason
     worse = champion_correct.copy()
     worse[:25] = False  # 5 points worse, far beyond the 1-point margin
-    rule = regression_rule(worse, champion_correct, "abc", gate, seed=0)
-    assert not rule.passed and "difference -0.0500" in rule.reason and "1.000 of 200" in rule.reason
+    rule = regression_rule(worse, champion_correct, "abc", gate)
+    assert not rule.passed and "difference -0.0500" in rule.reason and "not shown" in rule.reason
     slightly = champion_correct.copy()
-    slightly[:2] = False  # 0.4 points worse: within the 1-point margin with 95 % confidence
-    assert regression_rule(slightly, champion_correct, "abc", gate, seed=0).passed
+    slightly[:1] = False  # 0.2 points worse: within the 1-point margin with 95 % confidence
+    assert regression_rule(slightly, champion_correct, "abc", gate).passed
+    slightly[:3] = False  # 0.6 points: 500 images cannot show it is within 1 point
+    assert not regression_rule(slightly, champion_correct, "abc", gate).passed
     passed, reasons = decide([accuracy_rule(worse, 0.9), rule])
     assert not passed and reasons[0] == rule.reason
 
@@ -242,9 +249,9 @@ def test_champion_test_images_the_candidate_learned_on_are_left_out() -> None:
     seen = np.concatenate([test[[1, 3]], np.full((2, 1, 2, 2), 255, dtype=np.uint8)])
     assert unseen(test, seen).tolist() == [True, False, True, False]
     config = gate_params().gate
-    rule = regression_rule(np.ones(2, bool), np.ones(2, bool), "c", config, 0, left_out=2)
+    rule = regression_rule(np.ones(200, bool), np.ones(200, bool), "c", config, left_out=2)
     assert rule.passed and "(2 left out: the candidate trained on them)" in rule.reason
-    nothing_left = regression_rule(np.ones(0, bool), np.ones(0, bool), "c", config, 0, left_out=4)
+    nothing_left = regression_rule(np.ones(0, bool), np.ones(0, bool), "c", config, left_out=4)
     assert not nothing_left.passed and "all 4 of its test images" in nothing_left.reason
 
 
@@ -272,3 +279,95 @@ def test_a_retrain_with_the_champions_params_and_data_keeps_the_champion() -> No
     assert same_inputs_rule(entry("b", "q", "d"), champion).passed  # new params
     assert same_inputs_rule(entry("b", "p", "e"), champion).passed  # new data
     assert same_inputs_rule(entry("b", "p", "d"), None).passed  # no champion yet
+
+
+def crown_continual_champion(layout: Layout, extra_test: tuple[np.ndarray, np.ndarray]) -> str:
+    """Register, as continual learning does, a champion fine-tuned from the current one (here
+    with A's weights, so it predicts as A does): its test set is the parent's followed by
+    `extra_test`, the batch's test part. Its id."""
+    parent = load_registry(layout.registry_dir).champion
+    folder = layout.root / "challenger"
+    save_tiny_model(folder, 0, CLASSES, image_size=8, fingerprint="continual")
+    old_images, old_labels = load_test_set(champion(layout.registry_dir).test_set)
+    test_set = (
+        np.concatenate([old_images, extra_test[0]]),
+        np.concatenate([old_labels, extra_test[1]]),
+    )
+    identity = candidate_id(folder / "model.safetensors", folder / "model.json")
+    lineage = Lineage(
+        kind="continual", batch="b1", source="x", train_images=5, test_images=10, replay_images=5
+    )
+    entry = Candidate(
+        id=identity,
+        created="2026-01-02T00:00:00+00:00",
+        files=store_files(layout.registry_dir, identity, folder, layout.onnx_dir, test_set),
+        served_format="onnx_int8",
+        served_file="onnx/model.int8.onnx",
+        accuracy=1.0,
+        test_metrics={},
+        baseline=None,
+        data_version="b1",
+        test_images=len(test_set[1]),
+        params_hash="continual",
+        parent=parent,
+        status="rejected",
+        reasons=[],
+        lineage=lineage,
+        test_set=continual_test_set(parent, "b1"),
+    )
+    registry = record_decision(load_registry(layout.registry_dir), entry, True, ["gain"], "t1")
+    save_registry(registry, layout.registry_dir)
+    return identity
+
+
+def test_a_weekly_retrain_is_judged_on_the_continual_champions_images_it_did_not_learn(
+    layout: Layout,
+) -> None:
+    """After continual learning the champion's test set is the old test split + the batch's
+    test part. The weekly pipeline's candidate (a new split that put 5 old test images and one
+    batch test image into its train split) is compared on the rest: old and batch images that
+    neither model learned from, and only those."""
+    promote(gate_params(), layout)
+    old_test = np.load(layout.packed_dir / "test_x.npy")
+    batch_test = np.random.default_rng(9).integers(0, 256, size=(10, 1, 8, 8), dtype=np.uint8)
+    # labelled c: the champion (as A, always b) gets them wrong, the candidate (always c) right
+    continual = crown_continual_champion(layout, (batch_test, np.full(10, 2)))
+    champion_files = champion(layout.registry_dir)
+    registered, labels = load_test_set(champion_files.test_set)
+    assert len(registered) == 70  # 60 old + 10 of the batch
+    # the weekly re-split: 5 old test images and 1 batch test image are now train images
+    train = np.load(layout.packed_dir / "train_x.npy")
+    np.save(
+        layout.packed_dir / "train_x.npy", np.concatenate([train, old_test[:5], batch_test[:1]])
+    )
+    np.save(layout.packed_dir / "train_y.npy", np.zeros(len(train) + 6, dtype=np.int64))
+    np.save(layout.packed_dir / "test_x.npy", old_test[5:])
+    np.save(layout.packed_dir / "test_y.npy", np.load(layout.packed_dir / "test_y.npy")[5:])
+    write_model(layout, seed=1)  # another model: it disagrees with the champion on some images
+    write_reports(layout)
+
+    report = promote(gate_params(**{"gate.max_regression": 0.99}), layout)
+    rule = next(r for r in report.rules if r.name == "no_regression")
+    # the images both may be scored on: every registered one but the 6 the candidate trained on
+    used = np.ones(70, dtype=bool)
+    used[:5] = used[60] = False
+    assert f"against champion {continual} on its 64 test images (6 left out" in rule.reason
+    champion_network, champion_card = load_model(champion_files.folder)
+    candidate_network, candidate_card = load_model(layout.models_dir)
+    right = {
+        name: predict(net, card.preprocessing(), registered[used]).argmax(1) == labels[used]
+        for name, (net, card) in {
+            "champion": (champion_network, champion_card),
+            "candidate": (candidate_network, candidate_card),
+        }.items()
+    }
+    wins = int((right["candidate"] & ~right["champion"]).sum())
+    losses = int((~right["candidate"] & right["champion"]).sum())
+    assert (wins, losses) == (9, 55)  # the batch's 9 unseen images, the old split's 55
+    assert f"{wins} won and {losses} lost of 64" in rule.reason
+    assert report.decision == "promoted" and report.previous_champion.id == continual
+    # the registry says which test set each accuracy was measured on
+    entries = {e.id: e for e in load_registry(layout.registry_dir).candidates}
+    assert entries[continual].measured_on.startswith("test set of ")
+    assert entries[report.candidate.id].measured_on.startswith("pipeline test split ")
+    assert "accuracy measured on" in table(load_registry(layout.registry_dir)).splitlines()[0]

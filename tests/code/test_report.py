@@ -248,29 +248,45 @@ def drift_check(created: str, drift: bool | None) -> dict[str, Any]:
         "until": created,
         "drift": drift,
         "status": status,
-        "reason": f"{status}: 1 of 9 tests below p 0.01 <after Holm>",
+        "reason": f"{status}: 1 of 7 tests below p 0.01 <after Holm>",
+        "warnings": [],
+        "continual": {
+            "drift_in_a_row": int(bool(drift)),
+            "needed": 2,
+            "start": False,
+            "message": "drift 1 of 2 in a row: continual learning not started yet",
+        },
         "tests": [
             {
                 "name": "ks: mean",
                 "drift": bool(drift),
-                "threshold": 0.01,
+                "level": 0.01,
                 "statistic": 0.41,
                 "p_value": 0.0001 if drift else 0.52,
-                "samples": {"reference": 500, "served": 120},
+                "adjusted_p": 0.0007 if drift else 1.0,
+                "effect": "psi",
+                "effect_value": 0.8,
+                "effect_threshold": 0.2,
+                "samples": {"reference": 270, "served": 120},
             },
             {
-                "name": "confidence",
+                "name": "mannwhitney:confidence",
                 "drift": False,
-                "threshold": 0.05,
-                "value": 0.01,
+                "level": 0.01,
+                "statistic": 7000.0,
+                "p_value": 0.3,
+                "adjusted_p": 1.0,
+                "effect": "mean_drop",
+                "effect_value": 0.01,
+                "effect_threshold": 0.05,
                 "samples": {"reference": 270, "served": 120},
                 "note": "mean confidence 0.97 vs 0.98",
             },
         ],
         "model": {"champion": "c1", "records": 120, "versions": {"c1": 120}},
-        "reference": {"train_images": 500, "test_images": 270},
+        "reference": {"test_images": 270, "statistics_images": 270, "note": ""},
         "log": {"files": 1, "unreadable_lines": 0},
-        "settings": {"p_value": 0.01},
+        "settings": {"false_alarm_rate": 0.01, "consecutive": 2},
         "plot": created[:10] + "T100000Z.png",
         "created": created,
     }
@@ -792,7 +808,9 @@ def test_drift_checks_are_shown_newest_first_with_where_they_come_from(tmp_path:
     assert order == sorted(order) and "state.json" not in drift
     assert ">no verdict<" in drift and ">no drift<" in drift
     tests = drift.split("Tests of the newest check with a verdict (2025-03-02 10:00 UTC)")[1]
-    assert "ks: mean" in tests and "0.0001" in tests and "500 / 120" in tests
+    assert "ks: mean" in tests and "0.0001" in tests and "270 / 120" in tests
+    assert "0.0007" in tests and "psi 0.8" in tests  # Holm's p and the effect size beside it
+    assert "drift 1 of 2 in a row: continual learning not started yet" in tests
     assert "mean confidence 0.97 vs 0.98" in tests and "<img" in tests
     assert report.incomplete == ()
 
@@ -834,7 +852,8 @@ def test_a_broken_flow_file_names_the_flow_not_a_stage(tmp_path: Path) -> None:
 def test_the_names_of_other_packages_files_agree_with_their_writers(tmp_path: Path) -> None:
     # tasks.reporting may not import the packages that write these files; it repeats the names
     from tasks.continual.report import report_file
-    from tasks.monitoring.report import MONITOR_FOLDER, STATE_FILE, monitor_folder
+    from tasks.monitoring.report import monitor_folder
+    from tasks.monitoring.state import MONITOR_FOLDER, STATE_FILE
     from tasks.registry.store import REGISTRY_FILE, TEST_SET
 
     layout = Layout(tmp_path)

@@ -74,7 +74,10 @@ def test_a_model_trained_for_zero_epochs_is_rejected_and_the_champion_kept(
     gate = json.loads(layout.gate_report.read_text())
     assert gate["decision"] == "rejected" and gate["champion"]["id"] == champion_id
     assert gate["previous_champion"]["id"] == champion_id
-    assert any(r.startswith(f"worse than champion {champion_id}") for r in gate["reasons"])
+    regression = next(r for r in gate["rules"] if r["name"] == "no_regression")
+    assert not regression["passed"]
+    assert regression["reason"].startswith(f"against champion {champion_id} on its ")
+    assert "not shown that the candidate trails by less than" in regression["reason"]
     registry = load_registry(layout.registry_dir)
     assert registry.champion == champion_id
     assert registry.entry(gate["candidate"]["id"]).status == "rejected"

@@ -1,7 +1,9 @@
 """`make drift-demo` on a trained repository (a real `dvc repro` of the digits): drift is found on
-the drifted requests and not on the clean ones, continual learning promotes the challenger, and
-the served model does better on the drifted data without forgetting the old task. The demo
-works in a scratch copy: the repository's own registry and data stay as they were."""
+the drifted requests and not on the clean ones (the validation split: held out from the
+monitor's reference), continual learning is due only after `monitor.consecutive` drifted checks
+in a row and promotes the challenger, and the served model does better on the drifted data
+without forgetting the old task. The demo works in a scratch copy: the repository's own
+registry and data stay as they were."""
 
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def test_the_drift_demo_finds_drift_learns_and_serves_a_better_model(
     log = result.stdout + result.stderr
     assert demo["drift_on_drifted"] is True, log[-3000:]
     assert demo["drift_on_clean"] is False, log[-3000:]
+    assert demo["consecutive"] == 2 and demo["drifted_checks"] == [True, True], demo
+    assert demo["continual_due"] is True
+    assert "drift 1 of 2 in a row: continual learning not started yet" in log
+    assert "drift 2 of 2 in a row: continual learning is due" in log
+    assert demo["images"]["clean_requests"] == 270  # the validation split
     assert demo["promoted"] is True, log[-3000:]
     assert demo["drifted_acc_after"] - demo["drifted_acc_before"] >= 0.10, demo
     assert demo["old_acc_before"] - demo["old_acc_after"] <= 0.01, demo

@@ -1,12 +1,18 @@
-"""The drift monitor end to end: a prediction log written as the service writes it, from the
-trained champion's predictions on real uploads, checked by the Prefect flow (`python -m
-flows.monitor`, a real temporary Prefect server) against the reference of the trained
-repository.
+"""The drift monitor end to end against the reference of the trained repository (the champion's
+test images).
 
-Clean uploads are the test split's own raw files; drifted ones are the same files rotated,
-inverted or made noisy, each upload decoded by the service's own decoder
-(`tasks.serving.uploads.decode_images`) and classified and embedded by the champion's served
-ONNX file (int8), so its logged statistics, prediction and embedding are what the service logs.
+Clean uploads are the validation split's raw files: held out from training and from the
+reference, so "no drift on clean traffic" is a real control (the test split itself would be
+compared with itself and could not fail); drifted ones are the same files rotated, inverted or
+made noisy.
+
+The first test writes the prediction log as the service writes it (each upload decoded by the
+service's own decoder, `tasks.serving.uploads.decode_images`, classified and embedded by the
+champion's served ONNX file, int8) and checks it with the Prefect flow (`python -m
+flows.monitor`). The second is real traffic: the packaged champion served by `bentoml serve`,
+clean then drifted requests over HTTP, and the real check (the `drift-monitor` flow with
+`on_drift` naming a deployment on the tests' Prefect server) after each batch: no continual
+learning on clean traffic, and on drift only at the `monitor.consecutive`-th verdict in a row.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,7 +134,7 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
 ) -> None:
     repo = copy_for_monitoring(trained_repo, tmp_path / "repo")
     log_file = repo / "logs" / "predictions" / "predictions-1.jsonl"
-    clean = split_files(repo, "test")
+    clean = split_files(repo, "val")
     # the served embeddings are int8's, the reference's too (the same file): no false drift
     assert champion(Layout(repo).registry_dir).served_onnx.name == INT8_FILE
 
@@ -148,7 +155,11 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
     assert "drift-monitor: no drift" in log
     assert report["model"]["records"] == len(clean)
     ran = {test["name"] for test in report["tests"] if test["drift"] is not None}
-    assert {"ks:mean", "psi:std", "chi2:predicted_label", "mmd:embedding"} <= ran
+    assert {"ks:mean", "ks:std", "chi2:predicted_label", "mmd:embedding"} <= ran
+    assert all(test["adjusted_p"] >= test["p_value"] for test in report["tests"])
+    assert report["reference"]["test_images"] == len(split_files(repo, "test"))
+    assert report["reference"]["statistics_images"] == report["reference"]["test_images"]
+    assert report["continual"]["drift_in_a_row"] == 0 and report["warnings"] == []
     assert (repo / "reports" / "monitor" / report["plot"]).stat().st_size > 10_000
 
     uploads = drifted_files(clean, tmp_path / "drifted", ["rotated", "noisy"], seed=0)
@@ -162,7 +173,8 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
     drifted = {test["name"] for test in report["tests"] if test["drift"]}
     assert "mmd:embedding" in drifted and "ks:std" in drifted, report["tests"]
     state = json.loads((repo / "reports" / "monitor" / "state.json").read_text())
-    assert state["until"] == report["until"]
+    assert state["until"] == report["until"] and state["drift_in_a_row"] == 1
+    assert "drift 1 of 2 in a row: continual learning not started yet" in log
 
     uploads = drifted_files(clean, tmp_path / "inverted", ["inverted"], seed=0)
     log_predictions(repo, uploads, log_file)
@@ -172,16 +184,22 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
     (mmd,) = [test for test in report["tests"] if test["name"] == "mmd:embedding"]
     assert report["drift"] is True and mmd["drift"] is True, mmd
     assert mmd["samples"]["served"] == len(uploads)
+    assert report["continual"] == {
+        "drift_in_a_row": 2,
+        "needed": 2,
+        "start": True,
+        "message": "drift 2 of 2 in a row: continual learning is due",
+    }
 
 
-# Starts drift_monitor with on_drift naming a deployment registered on the same (temporary)
-# server, then prints the verdict and the states of that deployment's flow runs.
+# Registers a stand-in `continual-learning` deployment on the tests' Prefect server (the real
+# flow would fine-tune: not this test's subject), runs the real drift_monitor flow with on_drift
+# naming it, and prints the verdict and how many runs of that deployment were ever started.
 HOOK_SCRIPT = """\
 import asyncio, json
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-from prefect.client.schemas.sorting import FlowRunSort
 from flows.monitor import drift_monitor
 
 @flow(name="continual-learning")
@@ -190,30 +208,72 @@ def continual_learning() -> None: ...
 async def register():
     async with get_client() as client:
         flow_id = await client.create_flow(continual_learning)
-        await client.create_deployment(flow_id=flow_id, name="on-drift")
+        await client.create_deployment(flow_id=flow_id, name="on-drift-{name}")
 
 async def started():
-    named = DeploymentFilter(name=DeploymentFilterName(any_=["on-drift"]))
+    named = DeploymentFilter(name=DeploymentFilterName(any_=["on-drift-{name}"]))
     async with get_client() as client:
-        runs = await client.read_flow_runs(
-            deployment_filter=named, limit=10, sort=FlowRunSort.ID_DESC
-        )
-    return [run.state_name for run in runs]
+        return len(await client.read_flow_runs(deployment_filter=named, limit=50))
 
 asyncio.run(register())
-verdict = drift_monitor(".", on_drift="continual-learning/on-drift")
-print("result:", json.dumps({"verdict": verdict, "started": asyncio.run(started())}))
+verdict = drift_monitor(".", on_drift="continual-learning/on-drift-{name}")
+print("result:", json.dumps({{"verdict": verdict, "started": asyncio.run(started())}}))
 """
 
 
-@pytest.mark.slow
-def test_drift_starts_the_on_drift_deployment(trained_repo: Path, tmp_path: Path) -> None:
-    repo = copy_for_monitoring(trained_repo, tmp_path / "repo")
-    uploads = drifted_files(split_files(repo, "test"), tmp_path / "drifted", ["inverted"], 0)
-    log_predictions(repo, uploads, repo / "logs" / "predictions" / "predictions-1.jsonl")
-    (repo / "hook.py").write_text(HOOK_SCRIPT)
-    # a Prefect home of its own: the stand-in deployment never reaches the user's database
-    environment = {**PREFECT_ENV, "PREFECT_HOME": str(tmp_path / "prefect")}
+def served_records(repo: Path) -> int:
+    from tasks.monitoring.served import read_log
+
+    return len(read_log(repo / "logs" / "predictions", None).records)
+
+
+def send(url: str, repo: Path, files: list[Path]) -> None:
+    """Post `files` to the server as clients would, then wait until the service's log writer
+    has written a record of each (it writes from a background thread)."""
+    from flows.drift_demo import served_accuracy
+
+    expected = served_records(repo) + len(files)
+    served_accuracy(url, [(path, "") for path in files])  # the labels do not matter here
+    deadline = time.monotonic() + 60
+    while served_records(repo) < expected:
+        assert time.monotonic() < deadline, f"{served_records(repo)} of {expected} logged"
+        time.sleep(0.5)
+
+
+def check(repo: Path, environment: dict[str, str]) -> dict:
     result = run(["python", "hook.py"], repo, env=environment)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("result: ")]
-    assert json.loads(line.removeprefix("result: ")) == {"verdict": True, "started": ["Scheduled"]}
+    return json.loads(line.removeprefix("result: "))
+
+
+@pytest.mark.slow
+def test_served_traffic_starts_continual_learning_only_after_consecutive_drift_verdicts(
+    trained_repo: Path, prefect_server: str, tmp_path: Path
+) -> None:
+    from flows.drift_demo import serving
+
+    ignored = shutil.ignore_patterns(".git", ".dvc", "logs", ".venv")
+    repo = Path(shutil.copytree(trained_repo, tmp_path / "repo", ignore=ignored, symlinks=True))
+    (repo / "hook.py").write_text(HOOK_SCRIPT.format(name=tmp_path.name))
+    environment = {"PREFECT_API_URL": prefect_server}
+    needed = load_params(Layout(repo).params_file).monitor.consecutive
+    assert needed == 2  # the shipped setting: one drift verdict alone starts nothing
+    # split.csv lists the images class by class: shuffled, each batch has every class
+    ordered = split_files(repo, "val")
+    clean = [ordered[i] for i in np.random.default_rng(0).permutation(len(ordered))]
+    chunks = [clean[start : start + 90] for start in range(0, 270, 90)]
+    inverted = drifted_files(clean, tmp_path / "inverted", ["inverted"], seed=0)
+    with serving(repo, champion(Layout(repo).registry_dir).entry.id) as url:
+        for chunk in chunks:  # clean held-out traffic, a real check after each batch
+            send(url, repo, chunk)
+            result = check(repo, environment)
+            assert result == {"verdict": False, "started": 0}, latest_report(repo)["reason"]
+        for round_ in range(1, needed + 1):  # drifted traffic: inverted uploads
+            send(url, repo, inverted[(round_ - 1) * 90 : round_ * 90])
+            result = check(repo, environment)
+            report = latest_report(repo)
+            assert result["verdict"] is True, report["reason"]
+            assert report["continual"]["drift_in_a_row"] == round_
+            # continual learning starts at the `needed`-th drift verdict in a row, not before
+            assert result["started"] == (1 if round_ == needed else 0), report["continual"]
+    assert report["model"]["records"] == 90 and report["warnings"] == []

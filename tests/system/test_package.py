@@ -38,7 +38,6 @@ LENIENT_GATE = {  # the tiny model is untrained: only the registry's bookkeeping
     "gate.min_invariance": 0.0,
     "gate.min_class_accuracy": 0.0,
     "gate.require_beats_baseline": False,
-    "gate.bootstrap_samples": 200,
 }
 SUMMARY = re.compile(
     rf"package: bento (\S+) validated \({GOLDEN} golden images match, 5 bad requests 4xx, "

@@ -38,7 +38,6 @@ OVERRIDES = merge(
             "min_class_accuracy": 0.0,
             "min_invariance": 0.0,
             "require_beats_baseline": False,
-            "bootstrap_samples": 200,
         },
         "serve": {"golden_images": 8},
     },
