@@ -16,8 +16,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
 PYTEST_ARGS ?=
+# The suite runs on every core (pytest-xdist, at most 4 workers; a test module's tests on one worker,
+# so its fixtures are built once; tests/conftest.py orders the modules). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+PYTEST_PARALLEL = $(if $(filter 0 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
-.PHONY: help setup test-tools bench-tools run photos report registry serve push pull prefect-server deploy monitor drift-demo test test-fast lint format bench bench-selftest flow exps clean lock
+.PHONY: help setup test-tools bench-tools run photos report registry serve push pull prefect-server deploy monitor drift-demo test test-fast test-profile lint format bench bench-selftest flow exps clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -101,11 +105,17 @@ drift-demo: run ## drift found and learnt from, end to end on the champion in a 
 registry: setup ## list the model registry: every candidate, its metrics and decision, the champion
 	@$(PYTHON) -m tasks.registry
 
-test: setup test-tools ## set up, then run the full test suite (slow tests included, gpu tests skipped without a GPU)
-	@$(PYTHON) -m pytest $(PYTEST_ARGS)
+test: setup test-tools ## set up, then run the full test suite on every core (slow tests included, gpu tests skipped without a GPU)
+	@$(PYTHON) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-test-fast: setup test-tools ## the test suite without the slow end-to-end tests
-	@$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: setup test-tools ## the test suite without the slow end-to-end tests (about 3 minutes)
+	@$(PYTHON) -m pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+test-profile: setup test-tools ## the full suite with every test's duration, written to reports/test-durations.txt (the order of the next runs)
+	@set -o pipefail; start=$$(date +%s); \
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL) --durations=0 --durations-min=0.5 -q $(PYTEST_ARGS) | tee reports/test-durations.txt.new; \
+	status=$$?; echo "wall: $$(( $$(date +%s) - start )) s with $(TEST_WORKERS) workers" | tee -a reports/test-durations.txt.new; \
+	mv reports/test-durations.txt.new reports/test-durations.txt; exit $$status
 
 lint: setup ## ruff check + ruff format --check
 	@$(VENV)/bin/ruff check .

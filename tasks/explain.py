@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.config import Params, load_params_or_exit
-from tasks.core.config_release import EXPLAIN_METHODS
+from tasks.core.config import EXPLAIN_METHODS, Params, load_params_or_exit
 from tasks.core.errors import UserError
 from tasks.core.io import write_json
 from tasks.core.layout import Layout

@@ -13,8 +13,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,67 @@ SHRUNK = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist (`make test` runs the suite on every core): each worker gets its own Prefect
+    home, so the temporary servers of flows run by two workers at once never share a database,
+    and its share of the cores for torch's threads, so two trainings at once do not fight."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    home = tempfile.mkdtemp(prefix=f"sixfold-prefect-{worker}-")
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    os.environ["PREFECT_HOME"] = home
+
+
+DURATIONS = REPO_ROOT / "reports" / "test-durations.txt"  # `make test-profile` writes it
+
+
+def _module_costs() -> dict[str, float]:
+    """Seconds per test module in the last `make test-profile` (empty before the first)."""
+    costs: dict[str, float] = {}
+    if DURATIONS.exists():
+        for line in DURATIONS.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].endswith("s") and parts[1] in {"setup", "call"}:
+                module = parts[2].split("::")[0]
+                costs[module] = costs.get(module, 0.0) + float(parts[0].rstrip("s"))
+    return costs
+
+
+def _schedule(items: list[pytest.Item]) -> None:
+    """Order the test modules for xdist (`make test` runs `--dist loadscope`: a module's tests
+    run on one worker, so a module fixture is built once). Order: the first module that needs
+    the shared trained repository (its worker builds it meanwhile), the slow modules that do not
+    need it, those that do, then the fast ones; the costliest first within each (from `make
+    test-profile`), so the workers finish together."""
+    costs = _module_costs()
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    needs_trained = {
+        m for m, tests in modules.items() if any("trained_repo" in t.fixturenames for t in tests)
+    }
+    builder = next((m for m in modules if m in needs_trained), None)
+
+    def tier(module: str) -> int:
+        slow = any(t.get_closest_marker("slow") for t in modules[module])
+        if module == builder:
+            return 0
+        if slow:
+            return 2 if module in needs_trained else 1
+        return 3
+
+    order = sorted(modules, key=lambda m: (tier(m), -costs.get(m, 0.0)))
+    items[:] = [item for module in order for item in modules[module]]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the `gpu` tests where there is no CUDA GPU (the one place that decides it)."""
+    """Order and group the tests for xdist; skip the `gpu` tests where there is no CUDA GPU (the
+    one place that decides it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        _schedule(items)
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return  # torch is not imported for runs that need no answer
@@ -147,14 +207,50 @@ def repo(tmp_path: Path) -> Path:
 TRAINED = {"train": {"max_epochs": 15, "accelerator": "cpu"}, "tune": {"enabled": False}}
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder that `build` fills once per test run, however many xdist workers ask for it.
+
+    Under xdist every worker has its own session fixtures; the first worker to ask builds the
+    folder in the run's shared temporary root (under a file lock) and the others wait for it,
+    then read it. Readers must treat it as read-only: tests copy it before they change it."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed to build it
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+# A loaded machine can take longer than Prefect's 20 s to start a flow's temporary server.
+PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+
+
+def _train(folder: Path) -> None:
+    """The whole pipeline run by the Prefect flow (`python -m flows.pipeline`, its temporary
+    server), as a user runs it; its output is kept in `flow.log` beside the repository, where
+    tests/system/test_pipeline.py checks that the flow ran every stage in DAG order."""
+    destination = copy_of_repository(folder / "repo", TRAINED)
+    result = run(["python", "-m", "flows.pipeline"], destination, env=PREFECT_ENV)
+    (folder / "flow.log").write_text(result.stdout + result.stderr)
+
+
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real run of the whole pipeline (`dvc repro`) on the digits, shared by the data and
-    model tests: the real params.yaml with fewer epochs and no search."""
-    destination = copy_of_repository(tmp_path_factory.mktemp("trained") / "repo", TRAINED)
-    run(["python", "-m", "tasks.source"], destination)
-    run(["dvc", "repro"], destination)
-    return destination
+    """One real run of the whole pipeline on the digits by the Prefect flow, shared by the data,
+    model and system tests (and by every xdist worker): the real params.yaml with fewer epochs
+    and no search. Read-only: a test that changes a repository copies this one first."""
+    return built_once(tmp_path_factory, "trained", _train) / "repo"
 
 
 @pytest.fixture(scope="session")

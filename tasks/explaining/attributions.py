@@ -23,7 +23,7 @@ from captum.attr import GradientShap, IntegratedGradients, Lime
 from torch import nn
 from torch.nn import functional
 
-from tasks.core.config_release import ExplainConfig, ExplainMethod
+from tasks.core.config import ExplainConfig, ExplainMethod
 from tasks.modeling.preprocessing import Preprocessing
 
 # GradientSHAP's noise baselines: dark noisy pictures. Full-range uniform noise drowned the

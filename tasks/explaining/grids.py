@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.core.config_release import ExplainConfig
+from tasks.core.config import ExplainConfig
 from tasks.core.plotting import pyplot, save_figure
 from tasks.explaining.attributions import ScaledInputModel, attribute, predicted_classes
 from tasks.modeling.preprocessing import Preprocessing

@@ -38,7 +38,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from tasks.core.config_release import ExplainConfig, ExplainMethod
+from tasks.core.config import ExplainConfig, ExplainMethod
 from tasks.explaining.attributions import attribute, seeded
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from tasks.core.config_release import MonitorConfig
+from tasks.core.config import MonitorConfig
 from tasks.monitoring.mmd import mmd_permutation_test
 from tasks.monitoring.psi import psi, psi_bins
 

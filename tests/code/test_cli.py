@@ -161,6 +161,7 @@ def test_unreachable_s3_endpoint_exits_75(repo: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_stages_run_out_of_order_name_the_missing_input(repo: Path) -> None:
     earlier = "the stages before this one"
     for stage, missing, producer in (
@@ -176,6 +177,7 @@ def test_stages_run_out_of_order_name_the_missing_input(repo: Path) -> None:
         ], stage
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_missing_pretrained_weights_are_one_line(repo: Path) -> None:
     model = {"arch": "resnet18", "pretrained": "nowhere/weights.pt"}
     write_params(repo, {"model": model, "tune": {"enabled": False}})
@@ -194,6 +196,7 @@ def test_missing_pretrained_weights_are_one_line(repo: Path) -> None:
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_bad_tuned_values_are_one_line(repo: Path) -> None:
     best = repo / "models" / "tune" / "best_params.yaml"
     best.parent.mkdir(parents=True, exist_ok=True)

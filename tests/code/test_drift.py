@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.core.config import load_params
-from tasks.core.config_release import MonitorConfig
+from tasks.core.config import MonitorConfig, load_params
 from tasks.core.layout import Layout
 from tasks.monitoring import drift, psi
 from tasks.monitoring.drift import Sample, judge

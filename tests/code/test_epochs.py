@@ -210,6 +210,7 @@ def _interruptible_folder(root: Path, epochs: int) -> None:
     )
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_ctrl_c_says_interrupted_exits_130_and_exports_nothing(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) mid-training: one line naming the epochs saved and how to resume, exit
     130, no traceback, no model (Lightning alone turns Ctrl-C into a silent exit 1)."""

@@ -18,8 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torch import nn
 
-from tasks.core.config import load_params
-from tasks.core.config_release import ExplainConfig, ExplainMethod
+from tasks.core.config import ExplainConfig, ExplainMethod, load_params
 from tasks.core.errors import UserError
 from tasks.core.layout import Layout
 from tasks.explain import explain, main, sample_per_class

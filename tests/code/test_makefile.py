@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import VENV_BIN, run
@@ -32,6 +33,7 @@ def _one_stage_pipeline(repo: Path, name: str, script: str) -> None:
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_make_run_exits_with_a_failing_stages_code(repo: Path) -> None:
     """A real `dvc repro` of a stage that exits 2: DVC exits 255, `python -m flows.repro` exits
     2 and says so; make (which exits 2 for any failed recipe) shows `Error 2`."""

@@ -150,6 +150,7 @@ def test_two_writers_of_one_json_file_never_share_a_temporary_file(tmp_path: Pat
     assert [path.name for path in tmp_path.iterdir()] == ["shared.json"]  # no temporary left
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_promote_killed_before_any_of_its_writes_leaves_the_old_or_the_new_registry(
     layout: Layout,  # noqa: F811 (the fixture)
 ) -> None:

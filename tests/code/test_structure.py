@@ -4,7 +4,8 @@
 - nothing imports a stage module (tests aside), and the library packages are layered:
   core <- data <- modeling <- tuning (each imports only those before it);
 - `tasks.core` and `flows/` never import torch or lightning, directly or through project modules;
-- no project module is over 400 lines; package `__init__` files hold only a docstring;
+- no project module is over 600 lines (a guide against sprawl, not a reason to split one idea);
+  package `__init__` files hold only a docstring;
 - every stage in dvc.yaml lists exactly the code it imports as its deps.
 """
 
@@ -141,13 +142,16 @@ def test_core_reporting_evaluation_and_flows_never_reach_torch() -> None:
     assert loaded.stdout.strip() == "[]", f"importing flows/core loaded {loaded.stdout.strip()}"
 
 
-def test_no_project_module_is_over_400_lines() -> None:
+MAX_LINES = 600
+
+
+def test_no_project_module_is_over_600_lines() -> None:
     long = {
         module: count
         for module in project_modules()
-        if (count := len(module_file(module).read_text().splitlines())) > 400
+        if (count := len(module_file(module).read_text().splitlines())) > MAX_LINES
     }
-    assert long == {}, f"split these modules: {long}"
+    assert long == {}, f"these modules are over {MAX_LINES} lines (is each one idea?): {long}"
 
 
 def test_package_init_files_hold_only_a_docstring() -> None:

@@ -83,6 +83,7 @@ def _resnet18_weights(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a process per stage or a real training: the full suite's tier
 def test_resnet18_loads_safetensors_and_fine_tunes(tmp_path: Path) -> None:
     weights = _resnet18_weights(tmp_path)
     params = _params(

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tasks.core.config import load_params
-from tasks.core.config_release import EXPLAIN_METHODS
+from tasks.core.config import EXPLAIN_METHODS, load_params
 from tasks.core.layout import Layout
 from tasks.data.packed import load_split
 from tasks.explaining.attributions import ScaledInputModel, predicted_classes

@@ -1,5 +1,5 @@
 """Continual learning for real: `python -m flows.continual` on a copy of the trained repository
-(real DVC, a real temporary Prefect server, real BentoML), with a batch of inverted digits.
+(real DVC, the tests' real Prefect server, real BentoML), with a batch of inverted digits.
 
 The batch is made from the copy's own train images, inverted (white digits on black): the
 champion has never seen such images and scores near chance on them, so a challenger fine-tuned
@@ -23,7 +23,6 @@ from PIL import Image
 
 from tasks.registry.store import champion, load_registry, load_test_set
 from tests.conftest import run, write_params
-from tests.system.test_flow import PREFECT_ENV
 
 PER_CLASS = 40  # images per class in a batch: 28 to train on, 12 to test on
 
@@ -68,8 +67,10 @@ def ensure_champion(repo: Path) -> str:
     return current
 
 
-def continual_flow(repo: Path, *arguments: str):
-    return run(["python", "-m", "flows.continual", *arguments], repo, check=False, env=PREFECT_ENV)
+def continual_flow(repo: Path, api_url: str, *arguments: str):
+    """`python -m flows.continual` recorded in the tests' Prefect server (`prefect_server`)."""
+    environment = {"PREFECT_API_URL": api_url}
+    return run(["python", "-m", "flows.continual", *arguments], repo, check=False, env=environment)
 
 
 def bentos(repo: Path) -> set[str]:
@@ -79,14 +80,14 @@ def bentos(repo: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_an_inverted_batch_is_learnt_and_promoted_without_forgetting(
-    trained_repo: Path, tmp_path: Path
+    trained_repo: Path, prefect_server: str, tmp_path: Path
 ) -> None:
     repo = Path(shutil.copytree(trained_repo, tmp_path / "repo", symlinks=True))
     parent = ensure_champion(repo)
     batch = inverted_batch(repo, tmp_path / "inverted")
     planted = plant_registered_test_images(repo, count=2)
 
-    result = continual_flow(repo, "--batch", str(batch))
+    result = continual_flow(repo, prefect_server, "--batch", str(batch))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     reports = list((repo / "reports" / "continual").glob("*.json"))
     assert len(reports) == 1
@@ -145,12 +146,12 @@ def test_an_inverted_batch_is_learnt_and_promoted_without_forgetting(
         for index in range(3):
             pixels = np.full((8, 8), 40 * index, dtype=np.uint8)
             Image.fromarray(pixels).save(unknown / label / f"{index}.png")
-    refused = continual_flow(repo, "--batch", str(unknown))
+    refused = continual_flow(repo, prefect_server, "--batch", str(unknown))
     assert refused.returncode == 1
     errors = [line for line in (refused.stdout + refused.stderr).splitlines() if "error:" in line]
     assert errors and "unknown_label=6" in errors[0], refused.stdout[-3000:]
 
     # started without a batch (as by the drift monitor) and none configured: not a failure
-    nothing = continual_flow(repo)
+    nothing = continual_flow(repo, prefect_server)
     assert nothing.returncode == 0
     assert "no labelled batch is configured" in nothing.stdout + nothing.stderr

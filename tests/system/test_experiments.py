@@ -1,7 +1,7 @@
 """Experiments a user can compare: metrics committed with dvc.lock, `dvc metrics diff`,
 `dvc exp show` in 120 columns (`make exps`), and `dvc plots show` that renders offline.
 
-One real pipeline (no search, 3 epochs) in a temporary repository copy, committed to git as a
+A copy of the shared trained repository (one real pipeline, no search), committed to git as a
 user would, then one experiment with `dvc exp run -S`.
 """
 
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHRUNK, copy_of_repository, merge, run
-
-NO_SEARCH = merge(SHRUNK, {"tune": {"enabled": False}})
+from tests.conftest import run
 
 
 def _commit(repo: Path, message: str) -> None:
@@ -24,10 +23,11 @@ def _commit(repo: Path, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def experimented(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = copy_of_repository(tmp_path_factory.mktemp("experiments") / "repo", NO_SEARCH)
-    run(["python", "-m", "tasks.source"], repo)
-    run(["dvc", "repro"], repo)
+def experimented(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared trained repository (a real run of the whole pipeline, no search) committed as
+    a user would, then one experiment."""
+    repo = tmp_path_factory.mktemp("experiments") / "repo"
+    shutil.copytree(trained_repo, repo, symlinks=True)
     _commit(repo, "a first run")
     run(["dvc", "exp", "run", "--name", "small-batches", "-S", "train.batch_size=32"], repo)
     return repo

@@ -104,11 +104,6 @@ def _small_pipeline(repo: Path, with_flaky: bool = False, extra: str | None = No
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
 
 
-# For flows run without PREFECT_API_URL (other test modules): a loaded machine can take longer than
-# Prefect's 20 s to start its temporary server.
-PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-
-
 @pytest.fixture
 def server_env(prefect_server: str) -> dict[str, str]:
     """The environment of a flow run recorded in the tests' Prefect server."""

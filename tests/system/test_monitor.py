@@ -36,7 +36,6 @@ from tasks.core.layout import Layout
 from tasks.modeling.artifact import load_model
 from tasks.registry.store import champion
 from tests.conftest import run
-from tests.system.test_flow import PREFECT_ENV
 
 
 def _rotated(image: Image.Image, generator: np.random.Generator) -> Image.Image:
@@ -119,8 +118,10 @@ def copy_for_monitoring(trained: Path, destination: Path) -> Path:
     return Path(shutil.copytree(trained, destination, ignore=ignored, symlinks=True))
 
 
-def monitor(repo: Path) -> subprocess.CompletedProcess[str]:
-    return run(["python", "-m", "flows.monitor"], repo, check=False, env=PREFECT_ENV)
+def monitor(repo: Path, api_url: str) -> subprocess.CompletedProcess[str]:
+    """`python -m flows.monitor` recorded in the tests' Prefect server (`prefect_server`)."""
+    environment = {"PREFECT_API_URL": api_url}
+    return run(["python", "-m", "flows.monitor"], repo, check=False, env=environment)
 
 
 def latest_report(repo: Path) -> dict:
@@ -130,7 +131,7 @@ def latest_report(repo: Path) -> dict:
 
 @pytest.mark.slow
 def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
-    trained_repo: Path, tmp_path: Path
+    trained_repo: Path, prefect_server: str, tmp_path: Path
 ) -> None:
     repo = copy_for_monitoring(trained_repo, tmp_path / "repo")
     log_file = repo / "logs" / "predictions" / "predictions-1.jsonl"
@@ -139,14 +140,14 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
     assert champion(Layout(repo).registry_dir).served_onnx.name == INT8_FILE
 
     log_predictions(repo, clean[:20], log_file)  # too few to tell: no verdict, state unmoved
-    result = monitor(repo)
+    result = monitor(repo, prefect_server)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     first = latest_report(repo)
     assert first["drift"] is None and first["status"] == "no verdict", first
     assert not (repo / "reports" / "monitor" / "state.json").exists()
 
     log_predictions(repo, clean[20:], log_file)
-    result = monitor(repo)
+    result = monitor(repo, prefect_server)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     report = latest_report(repo)
@@ -164,7 +165,7 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
 
     uploads = drifted_files(clean, tmp_path / "drifted", ["rotated", "noisy"], seed=0)
     log_predictions(repo, uploads, log_file)
-    result = monitor(repo)
+    result = monitor(repo, prefect_server)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     report = latest_report(repo)
@@ -178,7 +179,7 @@ def test_the_flow_finds_drift_in_drifted_uploads_and_none_in_clean_ones(
 
     uploads = drifted_files(clean, tmp_path / "inverted", ["inverted"], seed=0)
     log_predictions(repo, uploads, log_file)
-    result = monitor(repo)
+    result = monitor(repo, prefect_server)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     report = latest_report(repo)
     (mmd,) = [test for test in report["tests"] if test["name"] == "mmd:embedding"]

@@ -1,8 +1,9 @@
-"""The DVC remote on S3 for real: one pipeline run in a repository copy, `make push` to a bucket on
-moto's S3 server (tests/conftest.py), then a fresh `git clone` that `make pull`s and is up to
-date without rerunning any stage, and the original's wiped cache and outputs pulled back. And
-continual learning's batches (`data/batches/<version>.dvc`), which DVC alone does not collect
-(flows/remote.py, `dvc_files`): pushed, pulled byte for byte, and checked by the status after pull.
+"""The DVC remote on S3 for real: a copy of the shared trained repository (one real run),
+`make push` to a bucket on moto's S3 server (tests/conftest.py), then a fresh `git clone` that
+`make pull`s and is up to date without rerunning any stage, and the original's wiped cache and
+outputs pulled back. And continual learning's batches (`data/batches/<version>.dvc`), which DVC
+alone does not collect (flows/remote.py, `dvc_files`): pushed, pulled byte for byte, and checked
+by the status after pull.
 
 `python -m flows.remote push|pull` is what `make push` / `make pull` run. The endpoint and the
 credentials are in the environment only (`s3_env`, AWS_ENDPOINT_URL), as for a real bucket.
@@ -22,26 +23,11 @@ from tasks.core.config import load_params
 from tasks.core.layout import SPLITS, Layout
 from tasks.data.packed import load_split
 from tasks.modeling.artifact import CARD_FILE, ModelCard
-from tests.conftest import SHRUNK, VENV_BIN, copy_of_repository, merge, run
+from tests.conftest import VENV_BIN, run
 from tests.system.test_continual import inverted_batch
 
 pytestmark = pytest.mark.slow
 
-# The whole DAG, package included: the gate must promote the tiny model so there is a champion to
-# package; no search (the tune stage still runs and records the params.yaml values).
-OVERRIDES = merge(
-    SHRUNK,
-    {
-        "tune": {"enabled": False},
-        "gate": {
-            "min_accuracy": 0.0,
-            "min_class_accuracy": 0.0,
-            "min_invariance": 0.0,
-            "require_beats_baseline": False,
-        },
-        "serve": {"golden_images": 8},
-    },
-)
 # Outputs each check looks at: a persist: true output, the package stage's BentoML stores, a
 # model and data (all cached, so they come from the remote), and a cache: false metric (git).
 RESTORED = (
@@ -85,11 +71,12 @@ def _assert_up_to_date(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real run of the whole pipeline (`make run`), its dvc.lock and reports committed."""
-    repo = copy_of_repository(tmp_path_factory.mktemp("remote") / "repo", OVERRIDES)
-    output = run(["make", "-o", "setup", "run", f"VENV={VENV_BIN.parent}"], repo)
-    assert "Running stage 'package'" in output.stdout + output.stderr
+def built(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared trained repository (one real run of the whole pipeline: a champion,
+    packaged), its dvc.lock and reports committed."""
+    repo = tmp_path_factory.mktemp("remote") / "repo"
+    shutil.copytree(trained_repo, repo, symlinks=True)
+    assert (repo / RESTORED[1]).exists(), "the trained repository packaged no champion"
     _commit(repo, "dvc.lock and reports")
     return repo
 

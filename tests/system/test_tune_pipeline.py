@@ -22,7 +22,17 @@ import pytest
 import yaml
 
 from tasks.tuning.attempts import attempts_made
-from tests.conftest import VENV_BIN, _wait_for_port, free_port, run, write_params
+from tests.conftest import (
+    SHRUNK,
+    VENV_BIN,
+    _wait_for_port,
+    built_once,
+    copy_of_repository,
+    free_port,
+    merge,
+    run,
+    write_params,
+)
 
 # a search small enough for the 2-core machine: 3 trials x 2 epochs on un-augmented data
 SMALL_SEARCH = {
@@ -32,9 +42,23 @@ SMALL_SEARCH = {
 EXPERIMENT = Path("models", "tune", "search", "sixfold-tune")
 
 
-def _prepare(repo: Path) -> None:
-    for stage in ("ingest", "validate", "split", "augment"):
+def _prepare(
+    repo: Path, stages: tuple[str, ...] = ("ingest", "validate", "split", "augment")
+) -> None:
+    for stage in stages:
         run(["python", "-m", f"tasks.{stage}"], repo)
+
+
+def _prepared(folder: Path) -> None:
+    _prepare(copy_of_repository(folder / "repo", merge(SHRUNK, SMALL_SEARCH)))
+
+
+@pytest.fixture
+def repo(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A repository copy with the data stages done (ingest -> augment, no augmented copies), made
+    once per test run and copied for each test: the searches below start from it."""
+    prepared = built_once(tmp_path_factory, "tune-prepared", _prepared) / "repo"
+    return Path(shutil.copytree(prepared, tmp_path / "repo", symlinks=True))
 
 
 def _summary(repo: Path) -> dict:
@@ -121,7 +145,6 @@ def test_a_trial_killed_mid_training_is_retried_from_its_checkpoint(
         repo,
         {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "max_epochs": 4, "scheduler": "none"}},
     )
-    _prepare(repo)
     experiment = repo / EXPERIMENT
     stage = _start_tune(repo, tmp_path / "logs")
     killed, _ = _kill_mid_trial(stage, experiment, max_epochs=4)
@@ -168,7 +191,6 @@ def test_a_trial_that_fails_after_its_retries_is_named_in_the_last_line(
             },
         },
     )
-    _prepare(repo)
     experiment = repo / EXPERIMENT
     stage = _start_tune(repo, tmp_path / "logs")
     failing, reported = _kill_mid_trial(stage, experiment, max_epochs=5)
@@ -196,7 +218,6 @@ def test_a_search_whose_trials_all_fail_stops_with_one_error_line(repo: Path) ->
         repo,
         {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "num_samples": 2, "max_failures": 1}},
     )
-    _prepare(repo)
     # packed data training cannot use: labels 0-9 under a two-class metadata file (the search
     # reads both as they are; every trial's first training step fails, in every retry)
     meta_file = repo / "data" / "packed" / "meta.json"
@@ -230,7 +251,7 @@ def test_with_cv_folds_a_trial_scores_its_mean_over_the_folds(repo: Path) -> Non
             "tune": {**SMALL_SEARCH["tune"], "num_samples": 2},
         },
     )
-    _prepare(repo)
+    _prepare(repo, ("split", "augment"))  # the folds are made by split
     result = run(["python", "-m", "tasks.tune"], repo)
     trials = pd.read_csv(repo / "reports" / "tune" / "trials.csv")
     assert len(trials) == 2 and (trials["status"] == "finished").all(), result.stdout[-3000:]
@@ -267,7 +288,6 @@ def test_an_interrupted_search_resumes_without_training_finished_trials_again(
             },
         },
     )
-    _prepare(repo)
     experiment = repo / EXPERIMENT
     first = _start_tune(repo, tmp_path / "first")
     deadline = time.monotonic() + 240
@@ -348,7 +368,6 @@ def test_trials_run_on_an_existing_ray_cluster(repo: Path, tmp_path: Path) -> No
         _wait_for_port(port, head)
         address = f"127.0.0.1:{port}"
         write_params(repo, {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "address": address}})
-        _prepare(repo)
         result = run(["python", "-m", "tasks.tune"], repo, env=env)
         assert _summary(repo)["trials"] == 3
         # the cluster, not a private Ray, ran the search: its job table has our driver
@@ -377,7 +396,6 @@ def test_trials_run_on_an_existing_ray_cluster(repo: Path, tmp_path: Path) -> No
 def test_ray_is_quiet_unless_asked(repo: Path) -> None:
     """One sixfold line per trial; Ray's trial tables only with tune.verbose: true."""
     write_params(repo, {**SMALL_SEARCH, "tune": {**SMALL_SEARCH["tune"], "num_samples": 2}})
-    _prepare(repo)
     quiet = run(["python", "-m", "tasks.tune"], repo)
     output = quiet.stdout + quiet.stderr
     trial_lines = [line for line in output.splitlines() if line.startswith("tune: trial ")]
