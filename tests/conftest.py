@@ -73,8 +73,9 @@ def _module_costs() -> dict[str, float]:
 
 
 def _schedule(items: list[pytest.Item]) -> None:
-    """Order the test modules for xdist (`make test` runs `--dist loadscope`: a module's tests
-    run on one worker, so a module fixture is built once). Order: the first module that needs
+    """Order the test modules for xdist (`make test` runs `--dist loadscope
+    --no-loadscope-reorder`: a module's tests run on one worker, so a module fixture is built
+    once, and the modules are handed out in this order). Order: the first module that needs
     the shared trained repository (its worker builds it meanwhile), the slow modules that do not
     need it, those that do, then the fast ones; the costliest first within each (from `make
     test-profile`), so the workers finish together."""
