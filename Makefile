@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # The suite runs on every core (pytest-xdist, at most 4 workers; a test module's tests on one worker,
 # so its fixtures are built once; tests/conftest.py orders the modules). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
-PYTEST_PARALLEL = $(if $(filter 0 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+PYTEST_PARALLEL = $(if $(filter 0 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 .PHONY: help setup test-tools bench-tools run photos report registry serve push pull prefect-server deploy monitor drift-demo test test-fast test-profile lint format bench bench-selftest flow exps clean lock
 
